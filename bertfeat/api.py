@@ -1,0 +1,110 @@
+"""bertfeat's Python API: one function per CLI action, keyword names matching the flags.
+
+    import bertfeat
+    bertfeat.import_csv("dla", "msgs", "msgs.csv")
+    bertfeat.add_sent_tokenized("dla", "msgs")
+
+Connection keywords shared by every function: db_engine ("duckdb" | "mysql"), db_dir,
+mysql_config_file, mysql_host, mysql_port, mysql_user.
+"""
+import json
+import time
+
+from .errors import BertfeatError
+from .progress import Progress, notice
+from .tables import check_name, connect
+from .tables import importer
+
+CONNECTION_KEYS = ("db_engine", "db_dir", "mysql_config_file", "mysql_host", "mysql_port", "mysql_user")
+
+
+def import_csv(db, table, csv_path, overwrite=False, messageid_field="message_id", progress=None, **conn):
+    """Load a CSV (header row, quoted multi-line fields) into `table`, creating `db` if needed."""
+    with connect(db, create=True, **conn) as engine:
+        return importer.import_csv(engine, table, csv_path, overwrite=overwrite,
+                                   messageid_field=messageid_field, progress=progress)
+
+
+def add_sent_tokenized(db, table, message_field="message", messageid_field="message_id",
+                       overwrite=False, progress=None, batch_size=1000, **conn):
+    """Create `<table>_stoks`: every column of `table`, `message_field` as a JSON array of sentences.
+
+    Written into `<table>_stoks__partial` and renamed when complete, so an interrupted run is
+    never mistaken for a finished one; a rerun resumes after the last message_id written.
+    """
+    from .text.sentences import split_sentences
+
+    started = time.perf_counter()
+    check_name(table, "table name")
+    out = check_name(f"{table}_stoks", "sentence table name")
+    partial = check_name(f"{out}__partial", "sentence table name")
+    with connect(db, **conn) as engine:
+        columns = engine.require_table(table, [messageid_field, message_field])
+        summary = {"table": out, "read": 0, "written": 0, "skipped": {}, "resumed_after": None}
+        if engine.table_exists(out):
+            if not overwrite:
+                notice(f"{out} already exists: nothing to do (pass --overwrite to rebuild it)")
+                summary["written"] = engine.query(f"SELECT count(*) FROM {engine.q(out)}")[0][0]
+                return summary
+            engine.drop_table(out)
+        mid, msg = engine.q(messageid_field, "column name"), engine.q(message_field, "column name")
+        where, params = "", []
+        if engine.table_exists(partial):
+            last = engine.query(f"SELECT max({mid}) FROM {engine.q(partial)}")[0][0]
+            if last is not None:  # redo the last id: its rows may be half written
+                engine.execute(f"DELETE FROM {engine.q(partial)} WHERE {mid} = ?", [last])
+                engine.commit()
+                where, params = f" AND {mid} >= ?", [last]
+                summary["resumed_after"] = last
+                notice(f"resuming {out} from {messageid_field} {last}")
+        else:
+            engine.copy_schema(table, partial, message_field)
+            engine.commit()
+        total = engine.query(f"SELECT count(*) FROM {engine.q(table)} WHERE {mid} IS NOT NULL{where}",
+                             params)[0][0]
+        null_ids = engine.query(f"SELECT count(*) FROM {engine.q(table)} WHERE {mid} IS NULL")[0][0]
+        if null_ids:
+            summary["skipped"]["NULL message_id"] = null_ids
+        msg_index = columns.index(message_field)
+        select = ", ".join(engine.q(c, "column name") for c in columns)
+        sql = f"SELECT {select} FROM {engine.q(table)} WHERE {mid} IS NOT NULL{where} ORDER BY {mid}"
+        with Progress("sentences", total, enabled=progress) as bar:
+            for rows in engine.stream(sql, params, batch_size):
+                out_rows = []
+                for row in rows:
+                    if row[msg_index] is None:
+                        summary["skipped"]["NULL message"] = summary["skipped"].get("NULL message", 0) + 1
+                        continue
+                    row = list(row)
+                    row[msg_index] = json.dumps(split_sentences(row[msg_index]), ensure_ascii=False)
+                    out_rows.append(row)
+                engine.insert_rows(partial, columns, out_rows)
+                engine.commit()
+                summary["read"] += len(rows)
+                summary["written"] += len(out_rows)
+                bar.update(len(rows))
+        engine.rename_table(partial, out)
+        engine.commit()
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    return summary
+
+
+def show_feature_tables(db, **conn):
+    """The database's tables: [(name, kind)] where kind is 'feature', 'sentences' or 'table'."""
+    with connect(db, **conn) as engine:
+        out = []
+        for name in engine.tables():
+            if name.startswith("feat$"):
+                kind = "feature"
+            elif name.endswith("_stoks"):
+                kind = "sentences"
+            elif name.startswith("bertfeat_"):
+                kind = "bertfeat"
+            else:
+                kind = "table"
+            out.append((name, kind))
+        return out
+
+
+__all__ = ["BertfeatError", "import_csv", "add_sent_tokenized", "show_feature_tables",
+           "CONNECTION_KEYS"]

@@ -1,0 +1,127 @@
+"""Database engines: one small interface, DuckDB (embedded default) and MySQL/MariaDB.
+
+Every identifier that reaches SQL goes through `check_name` (a fixed alphabet) and the
+engine's `quote`; every value goes through parameters. SQL here uses `?` placeholders;
+the MySQL engine maps them to the driver's `%s`.
+"""
+import os
+import re
+
+from ..errors import BertfeatError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_$]+$")
+ENGINES = ("duckdb", "mysql")
+
+
+def check_name(name, what="name", max_len=64):
+    """Return `name` if it is a safe SQL identifier; else raise a one-line error saying why."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise BertfeatError(
+            f"invalid {what} {name!r}: use only letters, digits, '_' and '$'"
+        )
+    if len(name) > max_len:
+        raise BertfeatError(f"invalid {what} {name!r}: longer than {max_len} characters")
+    return name
+
+
+def connect(db, db_engine="duckdb", db_dir=None, mysql_config_file=None, mysql_host=None,
+            mysql_port=None, mysql_user=None, create=False):
+    """Open database `db` on the chosen engine. `create=True` creates it when missing."""
+    if db_engine not in ENGINES:
+        raise BertfeatError(f"unknown --db_engine {db_engine!r}: choose one of {', '.join(ENGINES)}")
+    check_name(db, "database name")
+    if db_engine == "duckdb":
+        from .duck import DuckEngine
+        db_dir = db_dir or os.environ.get("BERTFEAT_DB_DIR") or "."
+        return DuckEngine(db, db_dir, create=create)
+    from .mysql import MySQLEngine
+    return MySQLEngine(db, config_file=mysql_config_file, host=mysql_host, port=mysql_port,
+                       user=mysql_user, create=create)
+
+
+class Engine:
+    """What the jobs need from a database; subclasses fill in the engine specifics."""
+
+    kind = ""
+    db = ""
+
+    def quote(self, name):
+        raise NotImplementedError
+
+    def q(self, name, what="name"):
+        """Validate and quote an identifier in one step."""
+        return self.quote(check_name(name, what))
+
+    # --- queries -----------------------------------------------------------------
+    def execute(self, sql, params=()):
+        raise NotImplementedError
+
+    def executemany(self, sql, rows):
+        raise NotImplementedError
+
+    def query(self, sql, params=()):
+        """Run a small query and return all its rows."""
+        raise NotImplementedError
+
+    def stream(self, sql, params=(), batch_size=1000):
+        """Yield lists of at most `batch_size` rows, on a connection of its own (never fetchall)."""
+        raise NotImplementedError
+
+    def commit(self):
+        raise NotImplementedError
+
+    def close(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- catalog -----------------------------------------------------------------
+    def tables(self):
+        raise NotImplementedError
+
+    def table_exists(self, table):
+        return table in self.tables()
+
+    def columns(self, table):
+        """[(column name, SQL type)] of `table`, in order."""
+        raise NotImplementedError
+
+    def require_table(self, table, columns=()):
+        """Raise a one-line error when `table` or any of `columns` is missing; return its columns."""
+        check_name(table, "table name")
+        if not self.table_exists(table):
+            raise BertfeatError(
+                f"table {table!r} not found in {self.kind} database {self.db!r}"
+                " (see --show_feature_tables / --ls; import one with --import_csv FILE)")
+        have = [c for c, _ in self.columns(table)]
+        for col in columns:
+            if col not in have:
+                raise BertfeatError(
+                    f"column {col!r} not found in table {table!r}; it has: {', '.join(have)}")
+        return have
+
+    # --- writing -----------------------------------------------------------------
+    def drop_table(self, table):
+        self.execute(f"DROP TABLE IF EXISTS {self.q(table)}")
+
+    def rename_table(self, old, new):
+        raise NotImplementedError
+
+    def copy_schema(self, src, dst, text_column):
+        """Create empty `dst` with `src`'s columns, `text_column` widened to hold long text."""
+        raise NotImplementedError
+
+    def insert_rows(self, table, columns, rows):
+        if not rows:
+            return
+        cols = ", ".join(self.q(c, "column name") for c in columns)
+        marks = ", ".join("?" for _ in columns)
+        self.executemany(f"INSERT INTO {self.q(table)} ({cols}) VALUES ({marks})", rows)
+
+    def create_feature_table(self, table, group_type):
+        """DLATK feature table: id, group_id, feat, value, group_norm, indexed on group_id and feat."""
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Text: sentences (NLTK Punkt) and, for --add_bert, word pieces and windows."""
