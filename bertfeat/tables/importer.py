@@ -45,7 +45,8 @@ def import_csv(engine, table, csv_path, overwrite=False, messageid_field="messag
         notice(f"{csv_path}: {n_replaced} invalid UTF-8 sequence(s) replaced with U+FFFD")
     reader = duckdb.connect()
     try:
-        src = "read_csv(?, header = true, auto_detect = true, sample_size = -1)"
+        src = ("read_csv(?, header = true, auto_detect = true, delim = ',', quote = '\"',"
+               " escape = '\"', strict_mode = true, sample_size = -1)")
         try:
             schema = reader.execute(f"DESCRIBE SELECT * FROM {src}", [clean_path]).fetchall()
         except duckdb.Error as e:

@@ -1,0 +1,55 @@
+"""Shared fixtures: real engines (a DuckDB folder, a real MariaDB database), real text."""
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MSGS_CSV = SHARED / "data" / "msgs100u.csv"
+USERS_CSV = SHARED / "data" / "users100.csv"
+MYSQL = {"db_engine": "mysql", "mysql_host": os.environ.get("BERTFEAT_TEST_MYSQL_HOST", "127.0.0.1"),
+         "mysql_port": int(os.environ.get("BERTFEAT_TEST_MYSQL_PORT", "3306")),
+         "mysql_user": os.environ.get("BERTFEAT_TEST_MYSQL_USER", "root"),
+         "mysql_config_file": "/nonexistent/.my.cnf"}
+
+
+@pytest.fixture(scope="session")
+def msgs_csv():
+    if not MSGS_CSV.exists():
+        pytest.skip(f"real-text data not found at {MSGS_CSV} (../shared beside the checkout is absent)")
+    return str(MSGS_CSV)
+
+
+@pytest.fixture
+def duck(tmp_path):
+    """Connection keywords for a DuckDB database in a fresh folder."""
+    return {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+
+
+def _mysql_reachable():
+    import mysql.connector
+    try:
+        con = mysql.connector.connect(host=MYSQL["mysql_host"], port=MYSQL["mysql_port"],
+                                      user=MYSQL["mysql_user"], connection_timeout=3)
+        con.close()
+        return None
+    except mysql.connector.Error as e:
+        return str(e)
+
+
+@pytest.fixture
+def mysql_db():
+    """(database name, connection keywords) for a fresh MariaDB database, dropped afterwards."""
+    problem = _mysql_reachable()
+    if problem:
+        if os.environ.get("BERTFEAT_REQUIRE_MYSQL"):
+            pytest.fail(f"MySQL required (BERTFEAT_REQUIRE_MYSQL) but unreachable: {problem}")
+        pytest.skip(f"no MySQL/MariaDB server at {MYSQL['mysql_host']}:{MYSQL['mysql_port']}: {problem}")
+    import mysql.connector
+    name = f"bertfeat_test_{uuid.uuid4().hex[:10]}"
+    yield name, dict(MYSQL)
+    con = mysql.connector.connect(host=MYSQL["mysql_host"], port=MYSQL["mysql_port"],
+                                  user=MYSQL["mysql_user"])
+    con.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+    con.close()

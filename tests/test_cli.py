@@ -1,0 +1,75 @@
+"""Every user error is one line on stderr and exit status 2, never a traceback."""
+import subprocess
+import sys
+
+import pytest
+
+
+def bertfeat(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "bertfeat", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bertfeat: error:"), result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def dla(tmp_path, msgs_csv):
+    r = bertfeat("-d", "dla", "-t", "msgs", "--import_csv", msgs_csv, "--db_dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    return str(tmp_path)
+
+
+def test_end_to_end_sentences_and_listing(dla):
+    r = bertfeat("-d", "dla", "-t", "msgs", "-c", "user_id", "--add_sent_tokenized", "--db_dir", dla)
+    assert r.returncode == 0 and "wrote 741 rows" in r.stdout and "msgs_stoks" in r.stdout
+    r = bertfeat("-d", "dla", "--ls", "--db_dir", dla)
+    assert r.stdout.split() == ["table", "msgs", "sentences", "msgs_stoks"]
+
+
+def test_missing_database(tmp_path):
+    one_line_error(bertfeat("-d", "nope", "-t", "msgs", "--add_sent_tokenized", "--db_dir", str(tmp_path)),
+                   "nope", "--import_csv")
+
+
+def test_missing_table(dla):
+    one_line_error(bertfeat("-d", "dla", "-t", "other", "--add_sent_tokenized", "--db_dir", dla),
+                   "'other' not found")
+
+
+def test_missing_column(dla):
+    one_line_error(bertfeat("-d", "dla", "-t", "msgs", "--add_sent_tokenized", "--message_field", "text",
+                            "--db_dir", dla), "'text' not found", "message_id")
+
+
+def test_hostile_table_name(dla):
+    one_line_error(bertfeat("-d", "dla", "-t", "msgs; DROP TABLE msgs", "--add_sent_tokenized",
+                            "--db_dir", dla), "invalid table name")
+
+
+def test_unparseable_csv(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text('message_id,message\n1,"never closed\n2,x\n')
+    one_line_error(bertfeat("-d", "x", "-t", "m", "--import_csv", str(bad), "--db_dir", str(tmp_path)),
+                   "cannot parse CSV")
+
+
+def test_missing_csv(tmp_path):
+    one_line_error(bertfeat("-d", "x", "-t", "m", "--import_csv", str(tmp_path / "no.csv"),
+                            "--db_dir", str(tmp_path)), "not found")
+
+
+def test_unreachable_mysql(tmp_path):
+    one_line_error(bertfeat("-d", "x", "--ls", "--db_engine", "mysql", "--mysql_host", "127.0.0.1",
+                            "--mysql_port", "1", "--mysql_config_file", str(tmp_path / "none")),
+                   "cannot reach the MySQL server", "--mysql_host")
+
+
+def test_nothing_to_do():
+    one_line_error(bertfeat("-d", "x"), "nothing to do")
