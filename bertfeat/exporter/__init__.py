@@ -1,0 +1,236 @@
+"""Export a Hugging Face encoder to ONNX once (the only module that imports torch).
+
+The exported graph takes input_ids, attention_mask (and token_type_ids when the model has
+them) and returns `hidden_states` [depth, batch, tokens, hidden]: the outputs of transformer
+blocks 1..depth. A run asks for the depth it needs (its deepest layer), so no block past it runs.
+Each export is validated against the PyTorch model on real sentences before it enters the cache.
+"""
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import BertfeatError
+from ..models import (MANIFEST, OFFLINE_PACKAGES, canonical_name, cached_entries, entry_is_intact,
+                      config_layers, file_sha256, fingerprint, model_dir,
+                      safe_dir_name)
+from ..progress import notice
+
+FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert", "electra")
+OPSET = 17
+TOLERANCE = 1e-4  # max |onnx - torch| / max(1, max |torch|) on the validation windows
+VALIDATION_TEXT = [
+    "Mr. Smith arrived at 5 p.m. on Jan. 3rd!", "Did he?",
+    "I have been a member of the site for quite a while now and am pleased to say so.",
+    "The weather was lovely, so we walked to the lake and back before lunch.",
+    "lol that was the best show ever :)", "Honestly, I don't know what to think about it anymore.",
+    "Short.", "We finally painted the kitchen, and it looks great in the morning light.",
+]
+
+
+def resolve_source(name):
+    """A local folder holding the HF model `name`: local dir, HF cache (offline), package, download."""
+    name = canonical_name(name)
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise BertfeatError(f"{name} has no config.json: not a Hugging Face model folder")
+        return name
+    if name in OFFLINE_PACKAGES:
+        try:
+            module = __import__(OFFLINE_PACKAGES[name])
+            return str(module.get_model_path())
+        except ImportError:
+            pass
+    from huggingface_hub import snapshot_download
+    patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "*.bin"]
+    try:
+        return snapshot_download(name, local_files_only=True, allow_patterns=patterns)
+    except Exception:
+        pass
+    try:
+        return snapshot_download(name, allow_patterns=patterns)
+    except Exception as e:
+        raise BertfeatError(
+            f"model {name!r} is not available offline and could not be downloaded"
+            f" ({type(e).__name__}); pass a local model directory to --bert_model, or run"
+            " `bertfeat --export_model NAME` on a connected machine and copy its models/ folder here") from e
+
+
+def _load(src, depth):
+    import warnings
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", module=r"(torch|transformers)\..*")
+    config = AutoConfig.from_pretrained(src)
+    if config.model_type not in FAMILIES or getattr(config, "is_encoder_decoder", False):
+        raise BertfeatError(
+            f"unsupported architecture {config.model_type!r}: bertfeat exports encoder models"
+            f" ({', '.join(FAMILIES)}), not decoder-only or encoder-decoder models")
+    n_layers = config.num_hidden_layers
+    depth = n_layers if depth is None else depth
+    if not 1 <= depth <= n_layers:
+        raise BertfeatError(f"depth {depth} out of range: the model has {n_layers} layers")
+    config.num_hidden_layers = depth  # build only the blocks a run needs
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, use_fast=True)
+    except Exception as e:
+        raise BertfeatError(f"{src}: cannot load its tokenizer ({type(e).__name__}: {e})") from e
+    if not getattr(tokenizer, "is_fast", False):
+        raise BertfeatError(f"{src}: no fast (tokenizers) tokenizer available for this model")
+    model = AutoModel.from_pretrained(src, config=config, attn_implementation="eager").eval()
+    return model, tokenizer, n_layers, depth
+
+
+def _max_positions(config):
+    """Usable positions: RoBERTa-style models reserve pad_token_id + 1 of theirs."""
+    max_pos = config.max_position_embeddings
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        max_pos -= (config.pad_token_id or 0) + 1
+    return int(max_pos)
+
+
+def _validation_batch(tokenizer, input_names):
+    pairs = [(VALIDATION_TEXT[i], VALIDATION_TEXT[i + 1]) for i in range(0, len(VALIDATION_TEXT) - 1)]
+    enc = tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding=True, return_tensors="np")
+    return {k: enc[k].astype(np.int64) for k in input_names}
+
+
+def export(name, precision="fp32", depth=None, root=None, force=False):
+    """Export `name` (up to block `depth`) into the cache and return the entry's folder."""
+    if precision != "fp32":
+        raise BertfeatError(f"--precision {precision} is not available yet: use fp32")
+    try:
+        import torch
+    except ImportError as e:
+        raise BertfeatError("exporting a model needs torch: pip install 'bertfeat[export]'"
+                            " (or copy an exported models/ folder from another machine)") from e
+    name = canonical_name(name)
+    src = resolve_source(name)
+    n_layers = config_layers(src)
+    depth = n_layers if depth is None else depth
+    fp = fingerprint(src, depth, precision)
+    base = model_dir(root) / safe_dir_name(name)
+    final = base / fp
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".lock", "w") as lock:  # one exporter at a time per model
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.is_dir() and not force and entry_is_intact(final):
+            return final
+        if final.is_dir():
+            notice(f"cache entry {final} is incomplete or corrupted: exporting it again")
+            shutil.rmtree(final)
+        started = time.perf_counter()
+        model, tokenizer, n_layers, depth = _load(src, depth)
+        import inspect
+        input_names = ["input_ids", "attention_mask"]
+        if "token_type_ids" in inspect.signature(model.forward).parameters:
+            input_names.append("token_type_ids")
+
+        class Stacked(torch.nn.Module):
+            def __init__(self, model):
+                super().__init__()
+                self.model = model
+
+            def forward(self, *inputs):
+                out = self.model(**dict(zip(input_names, inputs)), output_hidden_states=True)
+                return torch.stack(out.hidden_states[1:], 0)
+
+        wrapper = Stacked(model).eval()
+        batch = _validation_batch(tokenizer, input_names)
+        with torch.no_grad():  # reference first: tracing can leave the eager model altered
+            reference = wrapper(*[torch.from_numpy(batch[k]) for k in input_names]).numpy()
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
+        try:
+            raw = tmp / "raw.onnx"
+            dummy = tuple(torch.from_numpy(batch[k][:2, :9].copy()) for k in input_names)
+            axes = {k: {0: "batch", 1: "tokens"} for k in input_names}
+            axes["hidden_states"] = {1: "batch", 2: "tokens"}
+            with torch.no_grad():
+                torch.onnx.export(wrapper, dummy, str(raw), input_names=input_names,
+                                  output_names=["hidden_states"], dynamic_axes=axes,
+                                  opset_version=OPSET, dynamo=False)
+            raw_err = _validate(raw, batch, reference)
+            chosen, err, optimizations = raw, raw_err, []
+            fused = _fuse(raw, tmp / "fused.onnx", model.config)
+            if fused is not None:
+                fused_err = _validate(fused, batch, reference)
+                if fused_err <= TOLERANCE:
+                    chosen, err, optimizations = fused, fused_err, ["ort-transformers-fusion"]
+                else:
+                    notice(f"fused graph differs by {fused_err:.2e}: keeping the unfused export")
+            if err > TOLERANCE:
+                raise BertfeatError(f"export of {name} failed validation: ONNX differs from PyTorch by"
+                                    f" {err:.2e} (> {TOLERANCE}); please report this model")
+            os.replace(chosen, tmp / "model.onnx")
+            for leftover in (raw, tmp / "fused.onnx"):
+                if leftover.exists():
+                    leftover.unlink()
+            tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+            files = {f: file_sha256(tmp / f) for f in ("model.onnx", "tokenizer.json")}
+            manifest = {
+                "name": name, "source": os.path.abspath(src), "fingerprint": fp,
+                "model_type": model.config.model_type, "layers": n_layers, "depth": depth,
+                "hidden_size": model.config.hidden_size, "max_positions": _max_positions(model.config),
+                "inputs": input_names, "pad_id": int(tokenizer.pad_token_id or 0), "opset": OPSET, "precision": precision,
+                "optimizations": optimizations, "validation_max_error": float(err),
+                "bertfeat_version": __version__, "torch_version": torch.__version__,
+                "files": files, "created": time.time(),
+                "export_seconds": round(time.perf_counter() - started, 1),
+            }
+            with open(tmp / MANIFEST, "w") as f:
+                json.dump(manifest, f, indent=1)
+            os.rename(tmp, final)  # atomic: a half-written export is never seen
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _validate(path, batch, reference):
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(["hidden_states"], {i.name: batch[i.name] for i in sess.get_inputs()})[0]
+    real = batch["attention_mask"].astype(bool)
+    diff = np.abs(out - reference)[:, real].max()
+    return float(diff / max(1.0, np.abs(reference[:, real]).max()))
+
+
+def _fuse(raw, target, config):
+    """ONNX Runtime's transformer fusions (attention, LayerNorm, GELU); None when they do not apply."""
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+        heads = getattr(config, "num_attention_heads", 0)
+        fused = optimize_model(str(raw), model_type="bert", num_heads=heads,
+                               hidden_size=config.hidden_size, opt_level=1)
+        fused.save_model_to_file(str(target))
+        return target
+    except Exception as e:  # fusion is an optimization: fall back to the plain graph
+        notice(f"transformer fusions not applied ({type(e).__name__}: {e})")
+        return None
+
+
+def list_models(root=None):
+    """[(name, entry dir, manifest, size in bytes, intact)] for every cache entry."""
+    out = []
+    base = model_dir(root)
+    if not base.is_dir():
+        return out
+    for model_folder in sorted(p for p in base.iterdir() if p.is_dir()):
+        for entry in sorted(p for p in model_folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            manifest = json.loads((entry / MANIFEST).read_text()) if (entry / MANIFEST).exists() else None
+            size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+            out.append((manifest["name"] if manifest else model_folder.name, entry, manifest, size,
+                        entry_is_intact(entry, manifest)))
+    return out
+
+
+__all__ = ["export", "resolve_source", "list_models", "cached_entries", "FAMILIES"]

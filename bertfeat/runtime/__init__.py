@@ -1,0 +1,217 @@
+"""Run an exported encoder with ONNX Runtime: windows in, chosen layers' token vectors out.
+
+No torch here. Windows are packed into length-sorted batches under a padded-token budget, so
+little compute goes to padding; results come back in the caller's order, real tokens only.
+"""
+import os
+
+import numpy as np
+
+from ..errors import BertfeatError
+from ..models import (cached_entries, canonical_name, config_layers, entry_is_intact, fingerprint,
+                      model_dir, read_manifest, safe_dir_name)
+from ..progress import notice
+
+DEFAULT_BATCH_TOKENS = 2048  # padded tokens per batch; see bench/README.md
+
+
+def physical_cores():
+    """Physical cores available to this process (hyper-threads do not help GEMM)."""
+    try:
+        cores = set()
+        with open("/proc/cpuinfo") as f:
+            phys = core = None
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                    cores.add((phys, core))
+        avail = len(os.sched_getaffinity(0))
+        return max(1, min(len(cores) or avail, avail))
+    except (OSError, AttributeError):
+        return os.cpu_count() or 1
+
+
+def locate(name, depth, precision="fp32", root=None):
+    """The cache entry for `name` up to block `depth`, exporting it first when needed.
+
+    Order: a local directory (fingerprinted, so edits re-export) -> the export cache -> export
+    (which finds the model in the HF cache, an offline package, or downloads it).
+    """
+    name = canonical_name(name)
+    if os.path.isdir(name):
+        n_layers = config_layers(name)
+        _check_depth(depth, n_layers)
+        entry = model_dir(root) / safe_dir_name(name) / fingerprint(name, depth, precision)
+        if entry.is_dir() and entry_is_intact(entry):
+            return entry
+    else:
+        entries = [(e, m) for e, m in cached_entries(name, root)
+                   if m.get("precision") == precision and m.get("depth", 0) >= depth]
+        _check_depth(depth, entries[0][1]["layers"] if entries else None)
+        entries.sort(key=lambda em: (em[1]["depth"] != depth, em[1]["depth"]))
+        for entry, manifest in entries:
+            if entry_is_intact(entry, manifest) and (manifest["depth"] == depth or not _can_export()):
+                return entry
+        if entries and not entry_is_intact(*entries[0]):
+            notice(f"cache entry {entries[0][0]} is corrupted: exporting {name} again")
+    if not _can_export():
+        raise BertfeatError(
+            f"model {name!r} (depth {depth}, {precision}) is not in the export cache"
+            f" {model_dir(root)} and exporting needs torch: pip install 'bertfeat[export]', or run"
+            " `bertfeat --export_model NAME` on another machine and copy its models/ folder here")
+    from ..exporter import export
+    return export(name, precision=precision, depth=depth, root=root)
+
+
+def _check_depth(depth, n_layers):
+    if depth < 1 or (n_layers is not None and depth > n_layers):
+        raise BertfeatError(f"layer {depth - 1} out of range: the model has {n_layers} layers"
+                            f" (valid --bert_layers: 0..{(n_layers or 1) - 1} or -{n_layers}..-1)")
+
+
+def _can_export():
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
+
+
+class Encoder:
+    """An ONNX Runtime session over one cache entry, plus its tokenizer and window template."""
+
+    def __init__(self, entry, device="cpu", threads=None, batch_tokens=None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+        self.entry = entry
+        self.manifest = read_manifest(entry)
+        if not self.manifest:
+            raise BertfeatError(f"{entry} is not an export cache entry (no manifest.json)")
+        self.depth = self.manifest["depth"]
+        self.hidden_size = self.manifest["hidden_size"]
+        self.max_positions = self.manifest["max_positions"]
+        self.batch_tokens = int(batch_tokens or DEFAULT_BATCH_TOKENS)
+        if self.batch_tokens < self.max_positions:
+            self.batch_tokens = self.max_positions  # one longest window must fit
+        self.tokenizer = Tokenizer.from_file(str(entry / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self._template()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads or physical_cores())
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.device = resolve_device(device)
+        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda"
+                     else ["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(entry / "model.onnx"), options, providers=providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.pad_id = int(self.manifest.get("pad_id") or 0)
+        self.windows_run = 0
+        self.tokens_run = 0
+
+    # --- word pieces and windows -------------------------------------------------------
+    def _template(self):
+        """Learn the tokenizer's single and pair templates (special ids and type ids) once."""
+        tok = self.tokenizer
+        a = tok.encode("a", add_special_tokens=False)
+        b = tok.encode("b", add_special_tokens=False)
+        single = tok.post_process(a, None, add_special_tokens=True)
+        pair = tok.post_process(a, b, add_special_tokens=True)
+
+        def split(enc, parts):
+            ids, types, special = enc.ids, enc.type_ids, enc.special_tokens_mask
+            segments, cur, out = [], [], []
+            i = 0
+            while i < len(ids):
+                if special[i]:
+                    cur.append(i)
+                    i += 1
+                else:
+                    segments.append(cur)
+                    cur = []
+                    n = len(parts[len(out)])
+                    out.append(types[i])
+                    i += n
+            segments.append(cur)
+            return ([np.array([ids[j] for j in s], np.int64) for s in segments],
+                    [np.array([types[j] for j in s], np.int64) for s in segments], out)
+
+        self.single = split(single, [a.ids])
+        self.pair = split(pair, [a.ids, b.ids])
+
+    def word_pieces(self, sentences):
+        """Word-piece ids of each sentence, without special tokens."""
+        return [np.array(e.ids, np.int64) for e in
+                self.tokenizer.encode_batch(sentences, add_special_tokens=False)]
+
+    def window(self, a, b=None):
+        """(ids, type_ids, start of a, start of b) for `[CLS] a [SEP]` or the pair template."""
+        specials, special_types, part_types = self.single if b is None else self.pair
+        parts = [a] if b is None else [a, b]
+        ids, types, starts, pos = [], [], [], 0
+        for k, seg in enumerate(specials):
+            ids.append(seg)
+            types.append(special_types[k])
+            pos += len(seg)
+            if k < len(parts):
+                starts.append(pos)
+                ids.append(parts[k])
+                types.append(np.full(len(parts[k]), part_types[k], np.int64))
+                pos += len(parts[k])
+        return np.concatenate(ids), np.concatenate(types), starts[0], (starts[1] if b is not None else None)
+
+    # --- inference ---------------------------------------------------------------------
+    def batches(self, lengths):
+        """Length-sorted batches of window indices, each within `batch_tokens` padded tokens."""
+        order = np.argsort(lengths, kind="stable")
+        batch, longest = [], 0
+        for i in order:
+            n = int(lengths[i])
+            if batch and max(longest, n) * (len(batch) + 1) > self.batch_tokens:
+                yield batch
+                batch, longest = [], 0
+            batch.append(int(i))
+            longest = max(longest, n)
+        if batch:
+            yield batch
+
+    def run(self, windows, layers):
+        """Hidden states of `layers` (0-based blocks) for each window: [len(layers), tokens, H] each."""
+        layers = np.asarray(layers, np.int64)
+        if layers.max() >= self.depth:
+            raise BertfeatError(f"layer {layers.max()} is past this export's depth {self.depth}")
+        out = [None] * len(windows)
+        lengths = np.array([len(w[0]) for w in windows])
+        for batch in self.batches(lengths):
+            width = int(lengths[batch].max())
+            ids = np.full((len(batch), width), self.pad_id, np.int64)
+            types = np.zeros((len(batch), width), np.int64)
+            mask = np.zeros((len(batch), width), np.int64)
+            for r, i in enumerate(batch):
+                n = lengths[i]
+                ids[r, :n], types[r, :n], mask[r, :n] = windows[i][0], windows[i][1], 1
+            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            hidden = self.session.run(["hidden_states"], {k: feeds[k] for k in self.input_names})[0]
+            chosen = hidden[layers]
+            for r, i in enumerate(batch):
+                out[i] = chosen[:, r, :lengths[i]]
+            self.windows_run += len(batch)
+            self.tokens_run += int(lengths[batch].sum())
+        return out
+
+
+def resolve_device(device):
+    """'cpu', 'cuda' or 'auto' -> the device to use; cuda without onnxruntime-gpu is an error."""
+    import onnxruntime as ort
+    device = device or "cpu"
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "auto":
+        if not has_cuda:
+            notice("no CUDA provider in onnxruntime: running on CPU (pip install 'bertfeat[gpu]' for CUDA)")
+        return "cuda" if has_cuda else "cpu"
+    if device == "cuda" and not has_cuda:
+        raise BertfeatError("--device cuda needs onnxruntime-gpu with a working CUDA:"
+                            " pip install 'bertfeat[gpu]', or use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise BertfeatError(f"unknown --device {device!r}: choose cpu, cuda or auto")
+    return device
