@@ -1,7 +1,9 @@
 """bertfeat: DLATK-compatible contextual-embedding features, exported once to ONNX and run fast."""
 __version__ = "0.1.0"
 
-from .api import add_sent_tokenized, import_csv, show_feature_tables  # noqa: E402
+from .api import (add_bert, add_sent_tokenized, export_model, import_csv, list_models,  # noqa: E402
+                  show_feature_tables)
 from .errors import BertfeatError  # noqa: E402
 
-__all__ = ["__version__", "BertfeatError", "import_csv", "add_sent_tokenized", "show_feature_tables"]
+__all__ = ["__version__", "BertfeatError", "import_csv", "add_sent_tokenized", "show_feature_tables",
+           "add_bert", "export_model", "list_models"]

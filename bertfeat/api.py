@@ -106,5 +106,23 @@ def show_feature_tables(db, **conn):
         return out
 
 
-__all__ = ["BertfeatError", "import_csv", "add_sent_tokenized", "show_feature_tables",
+__all__ = ["BertfeatError", "import_csv", "add_sent_tokenized", "show_feature_tables", "add_bert",
+           "export_model", "list_models",
            "CONNECTION_KEYS"]
+
+
+def add_bert(db, table, correl_field="user_id", **kwargs):
+    """SPEC §3 feature table `feat$<featname>$<table>$<correl>$16to16`; see bertfeat.bert.add_bert."""
+    from .bert import add_bert as run
+    return run(db, table, correl_field, **kwargs)
+
+
+def export_model(bert_model, precision="fp32", model_dir=None, depth=None):
+    """Pre-export a model into the cache (for offline deployment); returns the entry folder."""
+    from .exporter import export
+    return export(bert_model, precision=precision, depth=depth, root=model_dir)
+
+
+def list_models(model_dir=None):
+    from .exporter import list_models as run
+    return run(model_dir)

@@ -125,3 +125,6 @@ class Engine:
     def create_feature_table(self, table, group_type):
         """DLATK feature table: id, group_id, feat, value, group_norm, indexed on group_id and feat."""
         raise NotImplementedError
+
+    def index_feature_table(self, table):
+        """Indexes that could not be made at creation (DuckDB); a no-op where they were."""

@@ -1,4 +1,5 @@
 """DuckDB engine: database `NAME` is the file `<db_dir>/NAME.duckdb`."""
+import hashlib
 import os
 
 import duckdb
@@ -32,6 +33,11 @@ class DuckEngine(Engine):
 
     def executemany(self, sql, rows):
         self.con.executemany(sql, [list(r) for r in rows])
+
+    def insert_rows(self, table, columns, rows):
+        # One statement with a list per column: DuckDB's executemany is row-at-a-time and slow.
+        if rows:
+            insert_columns(self.con, self.q(table), [self.q(c, "column name") for c in columns], rows)
 
     def query(self, sql, params=()):
         return self.con.execute(sql, list(params)).fetchall()
@@ -72,5 +78,17 @@ class DuckEngine(Engine):
         self.execute(
             f"CREATE TABLE {self.q(table)} (id BIGINT PRIMARY KEY, group_id {group_type},"
             " feat VARCHAR, value DOUBLE, group_norm DOUBLE)")
-        self.execute(f"CREATE INDEX {self.q('gi_' + table[:40])} ON {self.q(table)} (group_id)")
-        self.execute(f"CREATE INDEX {self.q('fi_' + table[:40])} ON {self.q(table)} (feat)")
+
+    def index_feature_table(self, table):
+        # DuckDB cannot rename a table that has indexes: they are added after the rename.
+        digest = hashlib.sha1(table.encode()).hexdigest()[:12]
+        self.execute(f"CREATE INDEX IF NOT EXISTS {self.q('gi_' + digest)} ON {self.q(table)} (group_id)")
+        self.execute(f"CREATE INDEX IF NOT EXISTS {self.q('fi_' + digest)} ON {self.q(table)} (feat)")
+
+
+def insert_columns(con, quoted_table, quoted_columns, rows):
+    """INSERT rows into a DuckDB table as one statement of unnested column lists."""
+    cols = list(zip(*rows))
+    select = ", ".join("unnest(?)" for _ in cols)
+    con.execute(f"INSERT INTO {quoted_table} ({', '.join(quoted_columns)}) SELECT {select}",
+                [list(c) for c in cols])

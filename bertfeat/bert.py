@@ -1,0 +1,356 @@
+"""--add_bert (SPEC §3): messages -> windows -> encoder -> reductions -> staged vectors -> feature table.
+
+Messages stream in `message_id` order, a chunk at a time: their vectors are staged (DuckDB) as
+each chunk finishes, so a killed run resumes where it stopped and memory stays bounded by the
+chunk, not the table. The feature table is built from the stage, written under a temporary
+name and renamed, so a half-written table never looks complete.
+"""
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+
+from . import __version__
+from .aggregate import ABBR, AGGREGATIONS, LAYER_AGGREGATIONS, message_vectors, sentence_vectors
+from .aggregate.groups import Stage
+from .errors import BertfeatError
+from .models import cached_entries, canonical_name, config_layers, model_dir, short_name
+from .progress import Progress, notice
+from .tables import check_name, connect
+
+RUNS_TABLE = "bertfeat_runs"
+
+
+# --- settings -------------------------------------------------------------------------------
+def parse_aggregations(values, flag, default, allow_concatenate=False):
+    values = list(values or [default])
+    allowed = LAYER_AGGREGATIONS if allow_concatenate else AGGREGATIONS
+    for v in values:
+        if v not in allowed:
+            hint = "" if allow_concatenate or v != "concatenate" else " (concatenate is for layers only)"
+            raise BertfeatError(f"unknown {flag} {v!r}{hint}: choose from {', '.join(allowed)}")
+    if len(set(values)) != len(values):
+        raise BertfeatError(f"{flag} lists an aggregation twice: {' '.join(values)}")
+    return values
+
+
+def normalize_layers(layers, n_layers):
+    """SPEC §3: 0 = first block's output, negatives from the end; deduplicated and sorted."""
+    if layers is None or len(layers) == 0:
+        layers = [n_layers - 2 if n_layers > 1 else 0]
+    out = set()
+    for layer in layers:
+        try:
+            layer = int(layer)
+        except (TypeError, ValueError):
+            raise BertfeatError(f"--bert_layers takes integers, not {layer!r}") from None
+        if not -n_layers <= layer < n_layers:
+            raise BertfeatError(f"layer {layer} out of range: this model has {n_layers} layers"
+                                f" (valid --bert_layers: 0..{n_layers - 1} or -{n_layers}..-1)")
+        out.add(layer % n_layers)
+    return sorted(out)
+
+
+def feature_name(model, layers, layer_aggs, word_aggs, msg_aggs, no_context):
+    name = short_name(model) + "_" + ("noc_" if no_context else "")
+    name += "".join(ABBR[a] for a in msg_aggs)
+    name += "".join(f"L{layer}" for layer in layers) + "".join(ABBR[a] for a in layer_aggs)
+    if word_aggs != ["mean"]:
+        name += "w" + "".join(ABBR[a] for a in word_aggs)
+    return name
+
+
+def table_name(featname, table, correl, max_len=64):
+    """`feat$<featname>$<table>$<correl>$16to16`, shortened deterministically past `max_len`."""
+    full = f"feat${featname}${table}${correl}$16to16"
+    if len(full) <= max_len:
+        return full
+    digest = hashlib.sha1(full.encode()).hexdigest()[:8]
+    tail = f"${table}${correl}$16to16"
+    keep = max_len - len(tail) - len("feat$") - 9
+    if keep < 4:
+        tail = f"${digest}$16to16"
+        keep = max_len - len(tail) - len("feat$")
+        return f"feat${featname[:keep]}{tail}"
+    return f"feat${featname[:keep]}_{digest}{tail}"
+
+
+def model_layers(name, root):
+    """The model's layer count, from a local folder, the cache, or its (offline/online) source."""
+    if os.path.isdir(name):
+        return config_layers(name)
+    entries = cached_entries(name, root)
+    if entries:
+        return entries[0][1]["layers"]
+    from .runtime import _can_export
+    if not _can_export():
+        raise BertfeatError(
+            f"model {name!r} is not in the export cache {model_dir(root)} and exporting needs torch:"
+            " pip install 'bertfeat[export]', or copy an exported models/ folder here")
+    from .exporter import resolve_source
+    return config_layers(resolve_source(name))
+
+
+# --- per-chunk math ---------------------------------------------------------------------------
+def _chunks(pieces, limit):
+    out = []
+    for p in pieces:
+        if len(p) == 0:
+            continue  # a sentence with no word pieces is dropped
+        out.extend(p[i:i + limit] for i in range(0, len(p), limit))
+    return out
+
+
+def embed_messages(encoder, messages, layers, layer_aggs, word_aggs, no_context, piece_cache):
+    """Message vectors for lists of sentences; None for a message with no word pieces."""
+    limit = (encoder.max_positions - 3) // 2
+    flat = [s for sents in messages for s in sents]
+    pieces = encoder.word_pieces(flat) if flat else []
+    per_msg, k = [], 0
+    for sents in messages:
+        per_msg.append(_chunks(pieces[k:k + len(sents)], limit))
+        k += len(sents)
+
+    windows, plan = [], []  # plan: per message, per sentence, [(window index, start)]
+    if no_context:
+        need = sorted({int(t) for sents in per_msg for s in sents for t in s} - piece_cache.keys())
+        if need:
+            out = encoder.run([encoder.window(np.array([t], np.int64))[:2] for t in need], layers)
+            starts = encoder.window(np.array([need[0]], np.int64))[2]
+            for t, h in zip(need, out):
+                piece_cache[t] = h[:, starts].copy()
+    else:
+        for sents in per_msg:
+            n = len(sents)
+            spans = [[] for _ in range(n)]
+            if n == 1:
+                ids, types, a, _ = encoder.window(sents[0])
+                spans[0].append((len(windows), a))
+                windows.append((ids, types))
+            for i in range(n - 1):
+                ids, types, a, b = encoder.window(sents[i], sents[i + 1])
+                spans[i].append((len(windows), a))
+                spans[i + 1].append((len(windows), b))
+                windows.append((ids, types))
+            plan.append(spans)
+        outputs = encoder.run(windows, layers) if windows else []
+
+    tokens, sent_offsets, msg_offsets, kept = [], [0], [0], []
+    for m, sents in enumerate(per_msg):
+        if not sents:
+            kept.append(False)
+            continue
+        kept.append(True)
+        for i, s in enumerate(sents):
+            if no_context:
+                vecs = np.stack([piece_cache[int(t)] for t in s], 1)  # [L, n, H]
+            else:
+                parts = [outputs[w][:, a:a + len(s)] for w, a in plan[m][i]]
+                vecs = parts[0] if len(parts) == 1 else (parts[0].astype(np.float64) + parts[1]) / 2
+            tokens.append(np.transpose(vecs, (1, 0, 2)))  # [n, L, H]
+            sent_offsets.append(sent_offsets[-1] + len(s))
+        msg_offsets.append(len(sent_offsets) - 1)
+    result = [None] * len(messages)
+    if tokens:
+        sent_vecs = sentence_vectors(np.concatenate(tokens), sent_offsets, layer_aggs, word_aggs)
+        msg_vecs = message_vectors(sent_vecs, msg_offsets)
+        for m, vec in zip([m for m, k in enumerate(kept) if k], msg_vecs):
+            result[m] = vec
+    return result
+
+
+# --- the job ----------------------------------------------------------------------------------
+def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_layers=None,
+             bert_layer_aggregation=None, bert_word_aggregation=None, bert_msg_aggregation=None,
+             bert_no_context=False, bert_keep_msg=False, message_field="message",
+             messageid_field="message_id", device="cpu", precision="fp32", batch_tokens=None,
+             threads=None, model_dir=None, stage_dir=None, progress=None, chunk_messages=256, **conn):
+    """Write the SPEC §3 feature table for `table` grouped by `correl_field`; returns a summary."""
+    started = time.perf_counter()
+    layer_aggs = parse_aggregations(bert_layer_aggregation, "--bert_layer_aggregation", "concatenate", True)
+    word_aggs = parse_aggregations(bert_word_aggregation, "--bert_word_aggregation", "mean")
+    msg_aggs = parse_aggregations(bert_msg_aggregation, "--bert_msg_aggregation", "mean")
+    if isinstance(correl_field, (list, tuple)):
+        if len(correl_field) != 1:
+            raise BertfeatError("--add_bert takes one correl field (-c)")
+        correl_field = correl_field[0]
+    check_name(table, "table name")
+    check_name(correl_field, "correl field")
+    name = canonical_name(bert_model)
+    n_layers = model_layers(name, model_dir)
+    layers = normalize_layers(bert_layers, n_layers)
+    featname = feature_name(name, layers, layer_aggs, word_aggs, msg_aggs, bert_no_context)
+
+    with connect(db, **conn) as engine:
+        max_len = 64
+        feat_table = check_name(table_name(featname, table, correl_field, max_len), "feature table name")
+        msg_table = check_name(table_name(featname, table, messageid_field, max_len), "feature table name")
+        stoks = f"{table}_stoks"
+        source = stoks if engine.table_exists(stoks) else table
+        if source == table:
+            engine.require_table(table, [messageid_field, correl_field, message_field])
+            notice(f"{stoks} not found: splitting sentences on the fly (run --add_sent_tokenized to keep them)")
+        else:
+            engine.require_table(source, [messageid_field, correl_field, message_field])
+        types = dict(engine.columns(source))
+        id_type = _duck_type(types[messageid_field])
+        group_type = _duck_type(types[correl_field])
+
+        from .runtime import Encoder, locate
+        entry = locate(name, layers[-1] + 1, precision, model_dir)
+        from .models import read_manifest
+        manifest = read_manifest(entry)
+        settings = {"model": name, "fingerprint": manifest["fingerprint"], "precision": precision,
+                    "layers": layers, "layer_aggregation": layer_aggs, "word_aggregation": word_aggs,
+                    "no_context": bool(bert_no_context)}
+        stage_path = os.path.join(stage_dir or conn.get("db_dir") or os.environ.get("BERTFEAT_DB_DIR") or ".",
+                                  f"{db}.bertfeat_stage.duckdb")
+        stage = Stage(stage_path, settings, id_type, group_type)
+        encoder = None
+        piece_cache = {}
+        counts = {"messages": 0, "reused": 0, "embedded": 0, "skipped": {}}
+
+        def skip(why, n=1):
+            counts["skipped"][why] = counts["skipped"].get(why, 0) + n
+
+        mid_q, grp_q, msg_q = (engine.q(c, "column name") for c in (messageid_field, correl_field, message_field))
+        total = engine.query(f"SELECT count(*) FROM {engine.q(source)}")[0][0]
+        sql = (f"SELECT {mid_q}, {grp_q}, {msg_q} FROM {engine.q(source)}"
+               f" WHERE {mid_q} IS NOT NULL ORDER BY {mid_q}")
+        null_ids = engine.query(f"SELECT count(*) FROM {engine.q(source)} WHERE {mid_q} IS NULL")[0][0]
+        if null_ids:
+            skip("NULL message_id", null_ids)
+        last_id = object()
+        with Progress("messages", total, enabled=progress) as bar:
+            for rows in engine.stream(sql, [], chunk_messages):
+                batch = []
+                for mid, gid, message in rows:
+                    if mid == last_id:
+                        skip("repeated message_id")
+                        continue
+                    last_id = mid
+                    if gid is None:
+                        skip("NULL group id")
+                        continue
+                    sents = _sentences(message, source != table)
+                    if sents is None:
+                        skip("invalid JSON in _stoks" if source != table else "NULL message")
+                        continue
+                    batch.append((mid, gid, sents, _text_hash(sents)))
+                done, by_hash = stage.staged([b[0] for b in batch], [b[3] for b in batch])
+                todo, staged_rows = {}, []
+                for mid, gid, sents, h in batch:
+                    if done.get(mid) == h:
+                        counts["reused"] += 1
+                    elif h in by_hash:
+                        staged_rows.append((mid, h, np.asarray(by_hash[h])))
+                        counts["reused"] += 1
+                    else:
+                        todo.setdefault(h, (sents, []))[1].append(mid)
+                if todo:
+                    if encoder is None:
+                        encoder = Encoder(entry, device=device, threads=threads, batch_tokens=batch_tokens)
+                    hashes = list(todo)
+                    vecs = embed_messages(encoder, [todo[h][0] for h in hashes], layers, layer_aggs,
+                                          word_aggs, bert_no_context, piece_cache)
+                    for h, vec in zip(hashes, vecs):
+                        if vec is not None:
+                            staged_rows.extend((mid, h, vec) for mid in todo[h][1])
+                            counts["embedded"] += 1
+                empty = {h for h in todo if vecs[hashes.index(h)] is None} if todo else set()
+                used = []
+                for mid, gid, sents, h in batch:
+                    if h in empty:
+                        skip("no sentences")
+                    else:
+                        used.append((mid, gid))
+                stage.put(staged_rows)
+                stage.add_groups(used)
+                counts["messages"] += len(used)
+                bar.update(len(rows))
+
+        written = {}
+        for out_table, rows_iter, gtype in (
+                (feat_table, stage.group_features(msg_aggs), types[correl_field]),
+                (msg_table, stage.message_features() if bert_keep_msg else None, types[messageid_field])):
+            if rows_iter is None:
+                continue
+            written[out_table] = _write_feature_table(engine, out_table, rows_iter, gtype)
+        groups = engine.query(f"SELECT count(DISTINCT group_id) FROM {engine.q(feat_table)}")[0][0]
+        seconds = round(time.perf_counter() - started, 2)
+        summary = {"table": feat_table, "message_table": msg_table if bert_keep_msg else None,
+                   "groups": groups, "rows": written[feat_table], "seconds": seconds,
+                   "windows": encoder.windows_run if encoder else 0,
+                   "tokens": encoder.tokens_run if encoder else 0, **counts}
+        _record_run(engine, feat_table, settings, summary, msg_aggs, featname)
+        stage.close()
+    return summary
+
+
+def _duck_type(sql_type):
+    t = sql_type.lower()
+    return "BIGINT" if any(k in t for k in ("int", "bigint")) else "VARCHAR"
+
+
+def _text_hash(sents):
+    return hashlib.sha1(json.dumps(sents, ensure_ascii=False).encode()).hexdigest()
+
+
+def _sentences(message, from_stoks):
+    """Sentences of a row: the JSON array of a _stoks row, or split on the fly. None = unusable."""
+    if message is None:
+        return None
+    if from_stoks:
+        if isinstance(message, (bytes, bytearray)):
+            message = bytes(message).decode("utf-8", errors="replace")
+        try:
+            sents = json.loads(message)
+        except ValueError:
+            return None
+        if not isinstance(sents, list) or not all(isinstance(s, str) for s in sents):
+            return None
+        return [s for s in sents if s.strip()]
+    from .text.sentences import split_sentences
+    return split_sentences(message)
+
+
+def _write_feature_table(engine, out_table, batches, group_sql_type):
+    """Write under a temporary name, then rename: an interrupted write never looks complete."""
+    tmp = "bertfeat_tmp_" + hashlib.sha1(out_table.encode()).hexdigest()[:12]
+    engine.drop_table(tmp)
+    group_type = group_sql_type if engine.kind == "duckdb" else _mysql_group_type(group_sql_type)
+    engine.create_feature_table(tmp, group_type)
+    n = 0
+    for rows in batches:
+        engine.insert_rows(tmp, ["id", "group_id", "feat", "value", "group_norm"],
+                           [(n + k + 1, g, f, v, v) for k, (g, f, v) in enumerate(rows)])
+        engine.commit()
+        n += len(rows)
+    engine.drop_table(out_table)
+    engine.rename_table(tmp, out_table)
+    engine.index_feature_table(out_table)
+    engine.commit()
+    return n
+
+
+def _mysql_group_type(sql_type):
+    t = sql_type.lower()
+    if "int" in t:
+        return "BIGINT"
+    if "char" in t and "(" in t:
+        return sql_type
+    return "VARCHAR(255)"
+
+
+def _record_run(engine, feat_table, settings, summary, msg_aggs, featname):
+    if not engine.table_exists(RUNS_TABLE):
+        text = "LONGTEXT" if engine.kind == "mysql" else "VARCHAR"
+        engine.execute(f"CREATE TABLE {engine.q(RUNS_TABLE)} (feat_table VARCHAR(64), created DOUBLE,"
+                       f" bertfeat_version VARCHAR(32), featname {text}, settings {text}, summary {text})")
+    engine.execute(f"DELETE FROM {engine.q(RUNS_TABLE)} WHERE feat_table = ?", [feat_table])
+    engine.execute(f"INSERT INTO {engine.q(RUNS_TABLE)} VALUES (?, ?, ?, ?, ?, ?)",
+                   [feat_table, time.time(), __version__, featname,
+                    json.dumps({**settings, "msg_aggregation": msg_aggs}), json.dumps(summary, default=str)])
+    engine.commit()
