@@ -40,10 +40,40 @@ def build_parser():
     actions.add_argument("--show_feature_tables", "--ls", action="store_true",
                          help="list the database's tables")
 
+    bert = p.add_argument_group("BERT / embedding features", "DLATK's --emb_* / --embedding_* aliases work too")
+    bert.add_argument("--add_bert", "--add_emb", "--add_embedding", action="store_true",
+                      help="add contextual-embedding features grouped by -c")
+    bert.add_argument(*_aliases("model"), dest="bert_model", default="base-uncased",
+                      help="Hugging Face id or local folder (base-*/large-* mean bert-base-*/bert-large-*)")
+    bert.add_argument(*_aliases("layers"), dest="bert_layers", nargs="+", type=int, default=None,
+                      help="0-indexed transformer layers, negatives from the end (default: second-to-last)")
+    bert.add_argument(*_aliases("layer_aggregation"), dest="bert_layer_aggregation", nargs="+",
+                      default=None, help="across layers: concatenate (default), mean, median, max, min, sum, std")
+    bert.add_argument(*_aliases("word_aggregation"), dest="bert_word_aggregation", nargs="+",
+                      default=None, help="across a sentence's tokens: mean (default), median, max, min, sum, std")
+    bert.add_argument(*_aliases("msg_aggregation"), dest="bert_msg_aggregation", nargs="+",
+                      default=None, help="across a group's messages: mean (default), median, max, min, sum, std")
+    bert.add_argument(*_aliases("no_context"), dest="bert_no_context", action="store_true",
+                      help="embed every word piece on its own")
+    bert.add_argument(*_aliases("keep_msg"), dest="bert_keep_msg", action="store_true",
+                      help="also write the message-level table (grouped by message_id)")
+    bert.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
+    bert.add_argument("--precision", default="fp32", help="fp32 (default)")
+    bert.add_argument("--batch_tokens", type=int, default=None, help="padded tokens per inference batch")
+    bert.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")
+    bert.add_argument("--model_dir", default=None,
+                      help="export cache (default: env BERTFEAT_MODELS, else ./models)")
+    bert.add_argument("--export_model", metavar="NAME", help="export NAME into the cache and stop")
+    bert.add_argument("--list_models", action="store_true", help="show the export cache")
+
     misc = p.add_argument_group("Output")
     misc.add_argument("--no_progress", action="store_true", help="no progress bar even on a terminal")
     misc.add_argument("--debug", action="store_true", help="show a full traceback on errors")
     return p
+
+
+def _aliases(suffix):
+    return [f"--bert_{suffix}", f"--emb_{suffix}", f"--embedding_{suffix}"]
 
 
 def _conn(args):
@@ -83,10 +113,36 @@ def run(args):
               f" skipped {_skipped(s['skipped'])} -> table {s['table']}"
               + (f" in {s['seconds']} s" if "seconds" in s else " (already there)"))
         did = True
+    if args.export_model:
+        entry = api.export_model(args.export_model, precision=args.precision, model_dir=args.model_dir)
+        print(f"export_model: {args.export_model} -> {entry}")
+        did = True
+    if args.list_models:
+        for name, entry, manifest, size, intact in api.list_models(args.model_dir):
+            info = (f"depth {manifest['depth']}/{manifest['layers']} {manifest['precision']}"
+                    f" max error {manifest['validation_max_error']:.1e}") if manifest else "no manifest"
+            print(f"{name}  {size / 1e6:.1f} MB  {info}  {'ok' if intact else 'CORRUPTED'}  {entry}")
+        did = True
+    if args.add_bert:
+        _need(args, "corpdb", "corptable", "correl_field")
+        s = api.add_bert(
+            args.corpdb, args.corptable, args.correl_field, bert_model=args.bert_model,
+            bert_layers=args.bert_layers, bert_layer_aggregation=args.bert_layer_aggregation,
+            bert_word_aggregation=args.bert_word_aggregation, bert_msg_aggregation=args.bert_msg_aggregation,
+            bert_no_context=args.bert_no_context, bert_keep_msg=args.bert_keep_msg,
+            message_field=args.message_field, messageid_field=args.messageid_field, device=args.device,
+            precision=args.precision, batch_tokens=args.batch_tokens, threads=args.threads,
+            model_dir=args.model_dir, progress=progress, **_conn(args))
+        print(f"add_bert: {s['groups']} groups from {s['messages']} messages ({s['embedded']} embedded,"
+              f" {s['reused']} reused from the stage), skipped {_skipped(s['skipped'])};"
+              f" {s['windows']} windows, {s['tokens']} tokens in {s['seconds']} s -> table {s['table']}"
+              + (f" and {s['message_table']}" if s["message_table"] else ""))
+        did = True
     if args.show_feature_tables:
         _need(args, "corpdb")
+        runs = api.feature_table_runs(args.corpdb, **_conn(args))
         for name, kind in api.show_feature_tables(args.corpdb, **_conn(args)):
-            print(f"{kind:10s} {name}")
+            print(f"{kind:10s} {name}" + (f"  {runs[name]}" if name in runs else ""))
         did = True
     if not did:
         raise BertfeatError("nothing to do: give an action such as --import_csv, --add_sent_tokenized,"
