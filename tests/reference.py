@@ -1,0 +1,101 @@
+"""A plain float64 PyTorch evaluation of SPEC §3, one window at a time, for BERT-style models.
+
+Deliberately independent of bertfeat's code: HF's tokenizer and model in float64, numpy math.
+"""
+import json
+
+import numpy as np
+import torch
+
+AGG = {"mean": lambda x: x.mean(0), "median": lambda x: np.median(x, 0), "max": lambda x: x.max(0),
+       "min": lambda x: x.min(0), "sum": lambda x: x.sum(0), "std": lambda x: x.std(0)}
+
+
+class Reference:
+    def __init__(self, model_path):
+        from transformers import AutoModel, AutoTokenizer
+        self.tok = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModel.from_pretrained(model_path, attn_implementation="eager").double().eval()
+        self.n_layers = self.model.config.num_hidden_layers
+        self.limit = (self.model.config.max_position_embeddings - 3) // 2
+        self._cache = {}
+
+    def hidden(self, ids, types):
+        """All layers' hidden states [n_layers, T, H] of one window (no batching, no padding)."""
+        key = (tuple(ids), tuple(types))
+        if key not in self._cache:
+            with torch.no_grad():
+                out = self.model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types]),
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 output_hidden_states=True)
+            self._cache[key] = torch.stack(out.hidden_states[1:], 0)[:, 0].numpy()
+        return self._cache[key]
+
+    def pieces(self, sentences):
+        out = []
+        for s in sentences:
+            ids = self.tok.encode(s, add_special_tokens=False)
+            out.extend(ids[i:i + self.limit] for i in range(0, len(ids), self.limit) if ids)
+        return out
+
+    def message_vector(self, sentences, layers, layer_aggs, word_aggs, no_context=False):
+        cls, sep = self.tok.cls_token_id, self.tok.sep_token_id
+        sents = self.pieces(sentences)
+        if not sents:
+            return None
+        token_vecs = []  # per sentence: [T, L, H]
+        for i, s in enumerate(sents):
+            if no_context:
+                token_vecs.append(np.stack([self.hidden([cls, t, sep], [0, 0, 0])[layers, 1] for t in s]))
+                continue
+            views = []
+            if len(sents) == 1:
+                views.append(self.hidden([cls] + s + [sep], [0] * (len(s) + 2))[layers, 1:1 + len(s)])
+            if i + 1 < len(sents):
+                b = sents[i + 1]
+                h = self.hidden([cls] + s + [sep] + b + [sep], [0] * (len(s) + 2) + [1] * (len(b) + 1))
+                views.append(h[layers, 1:1 + len(s)])
+            if i > 0:
+                a = sents[i - 1]
+                h = self.hidden([cls] + a + [sep] + s + [sep], [0] * (len(a) + 2) + [1] * (len(s) + 1))
+                views.append(h[layers, len(a) + 2:len(a) + 2 + len(s)])
+            token_vecs.append(np.transpose(np.mean(views, 0), (1, 0, 2)))
+        sent_vecs = []
+        for tv in token_vecs:
+            per_token = []
+            for t in tv:  # t: [L, H]
+                parts = [t.reshape(-1) if a == "concatenate" else AGG[a](t) for a in layer_aggs]
+                per_token.append(np.concatenate(parts))
+            per_token = np.array(per_token)
+            sent_vecs.append(np.concatenate([AGG[a](per_token) for a in word_aggs]))
+        return np.mean(sent_vecs, 0)
+
+    def group_vectors(self, messages, layers, layer_aggs, word_aggs, msg_aggs, no_context=False):
+        """{group: vector} from [(message_id, group, sentences)]; first occurrence of an id wins."""
+        seen, by_group = set(), {}
+        for mid, group, sentences in messages:
+            if mid in seen or group is None:
+                continue
+            seen.add(mid)
+            v = self.message_vector(sentences, layers, layer_aggs, word_aggs, no_context)
+            if v is not None:
+                by_group.setdefault(group, []).append(v)
+        return {g: np.concatenate([AGG[a](np.array(vs)) for a in msg_aggs]) for g, vs in by_group.items()}
+
+
+def feature_vectors(rows, msg_aggs):
+    """{group: vector} from feature-table rows (group_id, feat, value), in SPEC's feature order."""
+    by_group = {}
+    for g, feat, value in rows:
+        by_group.setdefault(g, {})[feat] = value
+    out = {}
+    for g, feats in by_group.items():
+        dims = len(feats) // len(msg_aggs)
+        from bertfeat.aggregate import ABBR
+        out[g] = np.array([feats[f"{j}{ABBR[a]}"] for a in msg_aggs for j in range(dims)])
+    return out
+
+
+def load_messages(engine, table="msgs_stoks"):
+    return [(m, g, json.loads(s)) for m, g, s in
+            engine.query(f"SELECT message_id, user_id, message FROM {table} ORDER BY message_id")]

