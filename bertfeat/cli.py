@@ -9,7 +9,8 @@ from .errors import BertfeatError
 def build_parser():
     p = argparse.ArgumentParser(
         prog="bertfeat",
-        description="Contextual-embedding features from messages, DLATK-compatible and fast.")
+        description="Contextual-embedding features from messages, DLATK-compatible and fast.",
+        allow_abbrev=False)
     corpus = p.add_argument_group("Corpus Variables", "where the messages are")
     corpus.add_argument("-d", "--corpdb", metavar="DB", help="database (DuckDB: the file <db_dir>/DB.duckdb)")
     corpus.add_argument("-t", "--corptable", metavar="TABLE", help="message table")
@@ -66,6 +67,21 @@ def build_parser():
     bert.add_argument("--export_model", metavar="NAME", help="export NAME into the cache and stop")
     bert.add_argument("--list_models", action="store_true", help="show the export cache")
 
+    pred = p.add_argument_group("Prediction", "cross-validated models over feature tables (SPEC §5)")
+    pred.add_argument("-f", "--feat_table", nargs="+", default=None, help="feature table(s), joined on group id")
+    pred.add_argument("--outcome_table", default=None, help="table with the correl field and outcome columns")
+    pred.add_argument("--outcomes", nargs="+", default=None, help="outcome columns")
+    pred.add_argument("--nfold_test_regression", action="store_true", help="K-fold cross-validated regression")
+    pred.add_argument("--nfold_test_classifiers", action="store_true", help="K-fold cross-validated classifiers")
+    pred.add_argument("--model", default=None, help="ridgecv (default), ridge; lr for classifiers")
+    pred.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
+    pred.add_argument("--group_freq_thresh", type=int, default=None,
+                      help="only groups with at least N words in the message table (-t)")
+    pred.add_argument("--output_name", default=None, help="write NAME.json and NAME.csv")
+    pred.add_argument("--save_predictions", action="store_true", help="also write NAME.predictions.csv")
+    pred.add_argument("--seed", type=int, default=42, help="fold shuffling seed (default 42)")
+    pred.add_argument("--alpha", type=float, default=1.0, help="alpha of --model ridge")
+
     misc = p.add_argument_group("Output")
     misc.add_argument("--no_progress", action="store_true", help="no progress bar even on a terminal")
     misc.add_argument("--debug", action="store_true", help="show a full traceback on errors")
@@ -85,7 +101,7 @@ def _conn(args):
 def _need(args, *flags):
     for flag in flags:
         if not getattr(args, flag):
-            opt = {"corpdb": "-d/--corpdb", "corptable": "-t/--corptable",
+            opt = {"corpdb": "-d/--corpdb", "corptable": "-t/--corptable", "feat_table": "-f/--feat_table",
                    "correl_field": "-c/--correl_field"}.get(flag, "--" + flag)
             raise BertfeatError(f"this action needs {opt}")
 
@@ -137,6 +153,18 @@ def run(args):
               f" {s['reused']} reused from the stage), skipped {_skipped(s['skipped'])};"
               f" {s['windows']} windows, {s['tokens']} tokens in {s['seconds']} s -> table {s['table']}"
               + (f" and {s['message_table']}" if s["message_table"] else ""))
+        did = True
+    if args.nfold_test_regression or args.nfold_test_classifiers:
+        _need(args, "corpdb", "feat_table", "outcome_table", "outcomes")
+        from .predict import nfold_test
+        classify = bool(args.nfold_test_classifiers)
+        nfold_test(args.corpdb, args.feat_table, args.outcome_table, args.outcomes,
+                   correl_field=(args.correl_field or ["user_id"])[0],
+                   model=args.model or ("lr" if classify else "ridgecv"), folds=args.folds,
+                   group_freq_thresh=args.group_freq_thresh, table=args.corptable,
+                   message_field=args.message_field, output_name=args.output_name,
+                   save_predictions=args.save_predictions, seed=args.seed, alpha=args.alpha,
+                   classify=classify, **_conn(args))
         did = True
     if args.show_feature_tables:
         _need(args, "corpdb")

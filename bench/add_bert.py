@@ -1,0 +1,164 @@
+"""Benchmark: --add_sent_tokenized + --add_bert on msgs100u with all-MiniLM-L6-v2, all in one run.
+
+    .venv/bin/python bench/add_bert.py [--limit N] [--csv ../shared/data/msgs100u.csv]
+
+Each part runs in its own process (so peak RSS is its own) on the same machine, same run:
+  baseline   DLATK-style: PyTorch fp32 eager, the full model, windows batched 32 at a time per
+             group in table order (what DLATK 1.3.15 does); the same windows bertfeat builds
+  inference  bertfeat's runtime alone on the same windows (length-sorted, fused, stops at layer 4)
+  e2e        bertfeat end to end: import, sentences, add_bert (fresh stage)
+  reagg      the same add_bert with a new --bert_msg_aggregation (staged vectors reused)
+Prints one table; real tokens = non-padding tokens of the windows.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CSV = ROOT.parent / "shared" / "data" / "msgs100u.csv"
+
+
+def windows_by_group(work, csv_path, limit, model_dir):
+    """bertfeat's windows for the corpus, grouped per user in table order, and the encoder."""
+    import bertfeat
+    from bertfeat.bert import _chunks
+    from bertfeat.runtime import Encoder, locate
+    from bertfeat.tables import connect
+    conn = {"db_engine": "duckdb", "db_dir": work}
+    if not os.path.exists(os.path.join(work, "w.duckdb")):
+        bertfeat.import_csv("w", "msgs", csv_path, progress=False, **conn)
+        bertfeat.add_sent_tokenized("w", "msgs", progress=False, **conn)
+    with connect("w", **conn) as engine:
+        rows = engine.query("SELECT message_id, user_id, message FROM msgs_stoks ORDER BY message_id")
+    rows = rows[:limit] if limit else rows
+    encoder = Encoder(locate(MODEL, 5, "fp32", model_dir))
+    limit_p = (encoder.max_positions - 3) // 2
+    groups = {}
+    for _, user, message in rows:
+        sents = _chunks(encoder.word_pieces(json.loads(message)), limit_p)
+        ws = groups.setdefault(user, [])
+        if len(sents) == 1:
+            ws.append(encoder.window(sents[0])[:2])
+        ws.extend(encoder.window(sents[i], sents[i + 1])[:2] for i in range(len(sents) - 1))
+    return groups, encoder, len(rows)
+
+
+def part_baseline(args):
+    import numpy as np
+    import torch
+    from transformers import AutoModel
+    groups, encoder, n_msgs = windows_by_group(args.work, args.csv, args.limit, args.model_dir)
+    torch.set_num_threads(os.cpu_count())
+    model = AutoModel.from_pretrained(encoder.manifest["source"]).eval()
+    real = padded = 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for ws in groups.values():
+            for b in range(0, len(ws), 32):
+                batch = ws[b:b + 32]
+                width = max(len(w[0]) for w in batch)
+                ids = np.zeros((len(batch), width), np.int64)
+                types = np.zeros_like(ids)
+                mask = np.zeros_like(ids)
+                for r, (i, t) in enumerate(batch):
+                    ids[r, :len(i)], types[r, :len(i)], mask[r, :len(i)] = i, t, 1
+                model(input_ids=torch.from_numpy(ids), token_type_ids=torch.from_numpy(types),
+                      attention_mask=torch.from_numpy(mask), output_hidden_states=True)
+                real += int(mask.sum())
+                padded += ids.size
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "messages": n_msgs, "real_tokens": real, "padded_tokens": padded}
+
+
+def part_inference(args):
+    groups, encoder, n_msgs = windows_by_group(args.work, args.csv, args.limit, args.model_dir)
+    windows = [w for ws in groups.values() for w in ws]
+    start = time.perf_counter()
+    for k in range(0, len(windows), 2048):  # bertfeat hands the runtime a chunk at a time
+        encoder.run(windows[k:k + 2048], [4])
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "messages": n_msgs, "real_tokens": sum(len(w[0]) for w in windows)}
+
+
+def part_e2e(args, stage, aggs=None):
+    import csv
+    import bertfeat
+    src = args.csv
+    if args.limit:
+        src = os.path.join(args.work, "limited.csv")
+        with open(args.csv, encoding="utf-8", newline="") as f, open(src, "w", encoding="utf-8", newline="") as g:
+            r, w = csv.reader(f), csv.writer(g)
+            w.writerow(next(r))
+            w.writerows(row for _, row in zip(range(args.limit), r))
+    conn = {"db_engine": "duckdb", "db_dir": args.work}
+    start = time.perf_counter()
+    if aggs is None:
+        bertfeat.import_csv("e", "msgs", src, overwrite=True, progress=False, **conn)
+        bertfeat.add_sent_tokenized("e", "msgs", overwrite=True, progress=False, **conn)
+    s = bertfeat.add_bert("e", "msgs", "user_id", bert_model=MODEL, model_dir=args.model_dir,
+                          stage_dir=stage, bert_msg_aggregation=aggs, progress=False, **conn)
+    return {"seconds": time.perf_counter() - start, "messages": s["messages"], "real_tokens": s["tokens"]}
+
+
+def child(args):
+    result = {"baseline": part_baseline, "inference": part_inference,
+              "e2e": lambda a: part_e2e(a, os.path.join(a.work, "stage")),
+              "reagg": lambda a: part_e2e(a, os.path.join(a.work, "stage"), ["median", "std"])}[args.part](args)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--csv", default=str(DEFAULT_CSV))
+    p.add_argument("--limit", type=int, default=0, help="first N messages only")
+    p.add_argument("--model_dir", default=str(ROOT / "models"))
+    p.add_argument("--part")
+    p.add_argument("--work")
+    p.add_argument("--skip_baseline", action="store_true")
+    args = p.parse_args()
+    if args.part:
+        return child(args)
+    work = tempfile.mkdtemp(prefix="bertfeat-bench-")
+    parts = ["inference", "e2e", "reagg"] + ([] if args.skip_baseline else ["baseline"])
+    results = {}
+    for part in parts:
+        cmd = [sys.executable, __file__, "--part", part, "--work", work, "--csv", args.csv,
+               "--limit", str(args.limit), "--model_dir", args.model_dir]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+        if not line:
+            sys.exit(f"{part} failed:\n{out.stderr[-3000:]}")
+        results[part] = json.loads(line[0][7:])
+    base = results.get("baseline")
+    print(f"msgs100u ({results['e2e']['messages']} messages), {MODEL}, {os.cpu_count()} CPUs, one run\n")
+    print(f"| {'run':44s} | {'seconds':>8s} | {'msgs/s':>7s} | {'real tok/s':>10s} | {'vs base':>7s} | {'peak RSS MB':>11s} |")
+    print(f"|{'-' * 46}|{'-' * 10}|{'-' * 9}|{'-' * 12}|{'-' * 9}|{'-' * 13}|")
+    labels = {"baseline": "DLATK-style PyTorch eager, 32/batch per group",
+              "inference": "bertfeat runtime only (same windows)",
+              "e2e": "bertfeat end to end (import+sentences+bert)",
+              "reagg": "bertfeat re-aggregation (new msg agg)"}
+    for part in ["baseline", "inference", "e2e", "reagg"]:
+        r = results.get(part)
+        if not r:
+            continue
+        msgs_s = r["messages"] / r["seconds"]
+        tok_s = r["real_tokens"] / r["seconds"] if r["real_tokens"] else 0
+        speed = f"{msgs_s / (base['messages'] / base['seconds']):.1f}x" if base else "-"
+        print(f"| {labels[part]:44s} | {r['seconds']:8.2f} | {msgs_s:7.1f} | {tok_s:10.0f} | {speed:>7s} |"
+              f" {r['peak_rss_mb']:11.0f} |")
+    if base:
+        print(f"\nbaseline padding: {base['real_tokens'] / base['padded_tokens']:.0%} of its batch tokens are real")
+    print(f"end to end / inference only: {results['e2e']['seconds'] / results['inference']['seconds']:.2f}")
+    print(f"first run / re-aggregation: {results['e2e']['seconds'] / results['reagg']['seconds']:.0f}x")
+
+
+if __name__ == "__main__":
+    main()
