@@ -53,12 +53,18 @@ def normalize_layers(layers, n_layers):
     return sorted(out)
 
 
-def feature_name(model, layers, layer_aggs, word_aggs, msg_aggs, no_context):
+def feature_name(model, layers, layer_aggs, word_aggs, msg_aggs, no_context, precision="fp32"):
+    """SPEC §3 featname; msg_aggs None gives the message-level table's name (no message aggregation).
+
+    Reduced precision appends `_int8`, so it never overwrites the fp32 table of the same settings.
+    """
     name = short_name(model) + "_" + ("noc_" if no_context else "")
-    name += "".join(ABBR[a] for a in msg_aggs)
+    name += "".join(ABBR[a] for a in msg_aggs or [])
     name += "".join(f"L{layer}" for layer in layers) + "".join(ABBR[a] for a in layer_aggs)
     if word_aggs != ["mean"]:
         name += "w" + "".join(ABBR[a] for a in word_aggs)
+    if precision != "fp32":
+        name += f"_{precision}"
     return name
 
 
@@ -169,6 +175,11 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
              threads=None, model_dir=None, stage_dir=None, progress=None, chunk_messages=256, **conn):
     """Write the SPEC §3 feature table for `table` grouped by `correl_field`; returns a summary."""
     started = time.perf_counter()
+    if precision not in ("fp32", "int8"):
+        raise BertfeatError(f"unknown --precision {precision!r}: choose fp32 or int8"
+                            " (fp16 for CUDA is not available yet)")
+    if precision == "int8" and device == "cuda":
+        raise BertfeatError("--precision int8 runs on the CPU: use --device cpu, or fp32 on CUDA")
     layer_aggs = parse_aggregations(bert_layer_aggregation, "--bert_layer_aggregation", "concatenate", True)
     word_aggs = parse_aggregations(bert_word_aggregation, "--bert_word_aggregation", "mean")
     msg_aggs = parse_aggregations(bert_msg_aggregation, "--bert_msg_aggregation", "mean")
@@ -181,12 +192,13 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
     name = canonical_name(bert_model)
     n_layers = model_layers(name, model_dir)
     layers = normalize_layers(bert_layers, n_layers)
-    featname = feature_name(name, layers, layer_aggs, word_aggs, msg_aggs, bert_no_context)
+    featname = feature_name(name, layers, layer_aggs, word_aggs, msg_aggs, bert_no_context, precision)
+    msg_featname = feature_name(name, layers, layer_aggs, word_aggs, None, bert_no_context, precision)
 
     with connect(db, **conn) as engine:
         max_len = 64
         feat_table = check_name(table_name(featname, table, correl_field, max_len), "feature table name")
-        msg_table = check_name(table_name(featname, table, messageid_field, max_len), "feature table name")
+        msg_table = check_name(table_name(msg_featname, table, messageid_field, max_len), "feature table name")
         stoks = f"{table}_stoks"
         source = stoks if engine.table_exists(stoks) else table
         if source == table:

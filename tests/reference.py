@@ -1,4 +1,4 @@
-"""A plain float64 PyTorch evaluation of SPEC §3, one window at a time, for BERT-style models.
+"""A plain float64 PyTorch evaluation of SPEC §3, one window at a time (BERT- and RoBERTa-style).
 
 Deliberately independent of bertfeat's code: HF's tokenizer and model in float64, numpy math.
 """
@@ -16,16 +16,31 @@ class Reference:
         from transformers import AutoModel, AutoTokenizer
         self.tok = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModel.from_pretrained(model_path, attn_implementation="eager").double().eval()
-        self.n_layers = self.model.config.num_hidden_layers
-        self.limit = (self.model.config.max_position_embeddings - 3) // 2
+        config = self.model.config
+        self.n_layers = config.num_hidden_layers
+        self.roberta = config.model_type in ("roberta", "xlm-roberta", "camembert")
+        self.token_types = config.model_type != "distilbert"
+        max_pos = config.max_position_embeddings - (config.pad_token_id + 1 if self.roberta else 0)
+        self.limit = (max_pos - 3) // 2
         self._cache = {}
+
+    def window(self, a, b=None):
+        """(ids, types, start of a, start of b) written out per family, not taken from bertfeat."""
+        cls, sep = self.tok.cls_token_id, self.tok.sep_token_id
+        if b is None:
+            return [cls] + a + [sep], [0] * (len(a) + 2), 1, None
+        if self.roberta:  # <s> a </s></s> b </s>, one token type
+            ids = [cls] + a + [sep, sep] + b + [sep]
+            return ids, [0] * len(ids), 1, len(a) + 3
+        return [cls] + a + [sep] + b + [sep], [0] * (len(a) + 2) + [1] * (len(b) + 1), 1, len(a) + 2
 
     def hidden(self, ids, types):
         """All layers' hidden states [n_layers, T, H] of one window (no batching, no padding)."""
         key = (tuple(ids), tuple(types))
         if key not in self._cache:
+            extra = {"token_type_ids": torch.tensor([types])} if self.token_types else {}
             with torch.no_grad():
-                out = self.model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types]),
+                out = self.model(input_ids=torch.tensor([ids]), **extra,
                                  attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                  output_hidden_states=True)
             self._cache[key] = torch.stack(out.hidden_states[1:], 0)[:, 0].numpy()
@@ -39,26 +54,24 @@ class Reference:
         return out
 
     def message_vector(self, sentences, layers, layer_aggs, word_aggs, no_context=False):
-        cls, sep = self.tok.cls_token_id, self.tok.sep_token_id
         sents = self.pieces(sentences)
         if not sents:
             return None
         token_vecs = []  # per sentence: [T, L, H]
         for i, s in enumerate(sents):
             if no_context:
-                token_vecs.append(np.stack([self.hidden([cls, t, sep], [0, 0, 0])[layers, 1] for t in s]))
+                token_vecs.append(np.stack([self.hidden(*self.window([t])[:2])[layers, 1] for t in s]))
                 continue
             views = []
             if len(sents) == 1:
-                views.append(self.hidden([cls] + s + [sep], [0] * (len(s) + 2))[layers, 1:1 + len(s)])
+                ids, types, a0, _ = self.window(s)
+                views.append(self.hidden(ids, types)[layers, a0:a0 + len(s)])
             if i + 1 < len(sents):
-                b = sents[i + 1]
-                h = self.hidden([cls] + s + [sep] + b + [sep], [0] * (len(s) + 2) + [1] * (len(b) + 1))
-                views.append(h[layers, 1:1 + len(s)])
+                ids, types, a0, _ = self.window(s, sents[i + 1])
+                views.append(self.hidden(ids, types)[layers, a0:a0 + len(s)])
             if i > 0:
-                a = sents[i - 1]
-                h = self.hidden([cls] + a + [sep] + s + [sep], [0] * (len(a) + 2) + [1] * (len(s) + 1))
-                views.append(h[layers, len(a) + 2:len(a) + 2 + len(s)])
+                ids, types, _, b0 = self.window(sents[i - 1], s)
+                views.append(self.hidden(ids, types)[layers, b0:b0 + len(s)])
             token_vecs.append(np.transpose(np.mean(views, 0), (1, 0, 2)))
         sent_vecs = []
         for tv in token_vecs:

@@ -118,9 +118,11 @@ def test_long_sentence_is_chunked_and_one_sentence_message_works(corpus, referen
     assert sum(len(p) for p in reference.pieces(by_id[900002])) > 512
 
 
-def test_order_batch_size_and_threads_do_not_matter(corpus, corpus_csv, model_cache, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_order_batch_size_and_threads_do_not_matter(precision, corpus, corpus_csv, model_cache, tmp_path):
     conn, _ = corpus
-    base = {(g, f): v for g, f, v in features("c", run("c", conn, model_cache, tmp_path / "a")["table"], conn)}
+    base = {(g, f): v for g, f, v in features(
+        "c", run("c", conn, model_cache, tmp_path / "a", precision=precision)["table"], conn)}
     # the same rows inserted in a shuffled order, small batches, one thread, a fresh stage
     with open(corpus_csv, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -132,7 +134,7 @@ def test_order_batch_size_and_threads_do_not_matter(corpus, corpus_csv, model_ca
         w.writerows([rows[i] for i in rng.permutation(len(rows))])
     conn2 = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
     bertfeat.import_csv("s", "msgs", str(shuffled), progress=False, **conn2)
-    s = run("s", conn2, model_cache, tmp_path / "b", batch_tokens=600, threads=1)
+    s = run("s", conn2, model_cache, tmp_path / "b", batch_tokens=600, threads=1, precision=precision)
     assert s["embedded"] > 0 and s["reused"] == 0
     other = {(g, f): v for g, f, v in features("s", s["table"], conn2)}
     assert other.keys() == base.keys()
@@ -160,7 +162,7 @@ def test_reaggregation_and_message_table_need_no_inference(corpus, model_cache, 
     again = run("c", conn, model_cache, tmp_path, bert_msg_aggregation=["median"], bert_keep_msg=True)
     assert again["embedded"] == 0 and again["windows"] == 0 and again["reused"] == first["messages"]
     msg_rows = features("c", again["message_table"], conn)
-    assert again["message_table"] == "feat$all_Mi_L6_v2_mdL4co$msgs$message_id$16to16"
+    assert again["message_table"] == "feat$all_Mi_L6_v2_L4co$msgs$message_id$16to16"
     assert len(msg_rows) == first["messages"] * 384 and {f for _, f, _ in msg_rows} == {str(j) for j in range(384)}
 
 

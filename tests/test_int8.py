@@ -1,0 +1,52 @@
+"""int8 (opt-in): agreement with fp32 on every message of msgs100u, and batch independence."""
+import numpy as np
+import pytest
+
+import bertfeat
+from bertfeat.models import read_manifest
+from bertfeat.runtime import Encoder, locate
+from bertfeat.tables import connect
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def message_vectors(conn, table):
+    with connect("p", **conn) as engine:
+        rows = engine.query(f'SELECT group_id, feat, value FROM "{table}"')
+    out = {}
+    for g, f, v in rows:
+        out.setdefault(g, np.zeros(384))[int(f)] = v
+    return out
+
+
+def test_int8_message_vectors_agree_with_fp32(msgs100u_features):
+    conn, fp32 = msgs100u_features["conn"], msgs100u_features["summary"]
+    s = bertfeat.add_bert("p", "msgs", "user_id", bert_model=MODEL, precision="int8", bert_keep_msg=True,
+                          model_dir=msgs100u_features["model_dir"], stage_dir=msgs100u_features["stage_dir"],
+                          progress=False, **conn)
+    assert s["table"] == fp32["table"].replace("co$msgs", "co_int8$msgs") and s["embedded"] > 0
+    a, b = message_vectors(conn, fp32["message_table"]), message_vectors(conn, s["message_table"])
+    assert a.keys() == b.keys() and len(a) == 741
+    cos = [a[k] @ b[k] / np.linalg.norm(a[k]) / np.linalg.norm(b[k]) for k in a]
+    assert min(cos) >= 0.99, min(cos)
+    entry = locate(MODEL, 5, "int8", msgs100u_features["model_dir"])
+    manifest = read_manifest(entry)
+    assert manifest["precision"] == "int8" and manifest["int8_min_window_cosine"] >= 0.99
+
+
+def test_int8_window_is_the_same_alone_and_in_a_full_batch(msgs100u_features):
+    enc = Encoder(locate(MODEL, 5, "int8", msgs100u_features["model_dir"]), threads=2)
+    pieces = enc.word_pieces(["Mr. Smith arrived at 5 p.m. on Jan. 3rd!", "Did he?",
+                              "The weather was lovely, so we walked to the lake.", "Short."] * 8)
+    windows = [enc.window(pieces[i], pieces[i + 1])[:2] for i in range(len(pieces) - 1)]
+    together = enc.run(windows, [2, 4])
+    alone = enc.run([windows[5]], [2, 4])[0]
+    assert np.array_equal(alone, together[5])
+    one_thread = Encoder(enc.entry, threads=1).run(windows[3:9], [2, 4])
+    assert all(np.array_equal(x, y) for x, y in zip(one_thread, together[3:9]))
+
+
+def test_unknown_precision_is_refused(msgs100u_features):
+    with pytest.raises(bertfeat.BertfeatError, match="unknown --precision"):
+        bertfeat.add_bert("p", "msgs", "user_id", bert_model=MODEL, precision="int4",
+                          model_dir=msgs100u_features["model_dir"], **msgs100u_features["conn"])
