@@ -8,6 +8,9 @@ Each part runs in its own process (so peak RSS is its own) on the same machine, 
   inference  bertfeat's runtime alone on the same windows (length-sorted, fused, stops at layer 4)
   e2e        bertfeat end to end: import, sentences, add_bert (fresh stage)
   reagg      the same add_bert with a new --bert_msg_aggregation (staged vectors reused)
+  int8       bertfeat end to end with --precision int8
+  int8_x10   the same on a 10x table (msgs100u repeated with new ids and a per-copy suffix on
+             every message, so deduplication cannot hide the work): peak RSS must stay flat
 Prints one table; real tokens = non-padding tokens of the windows.
 """
 import argparse
@@ -87,11 +90,21 @@ def part_inference(args):
     return {"seconds": seconds, "messages": n_msgs, "real_tokens": sum(len(w[0]) for w in windows)}
 
 
-def part_e2e(args, stage, aggs=None):
+def part_e2e(args, stage, aggs=None, precision="fp32", copies=1):
     import csv
     import bertfeat
     src = args.csv
-    if args.limit:
+    if copies > 1:
+        src = os.path.join(args.work, f"x{copies}.csv")
+        with open(args.csv, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))
+        with open(src, "w", encoding="utf-8", newline="") as g:
+            w = csv.writer(g)
+            w.writerow(rows[0])
+            body = rows[1:args.limit + 1] if args.limit else rows[1:]
+            for c in range(copies):
+                w.writerows([int(r[0]) + c * 10_000_000, r[1], r[2], f"{r[3]} (copy {c})"] for r in body)
+    elif args.limit:
         src = os.path.join(args.work, "limited.csv")
         with open(args.csv, encoding="utf-8", newline="") as f, open(src, "w", encoding="utf-8", newline="") as g:
             r, w = csv.reader(f), csv.writer(g)
@@ -103,14 +116,18 @@ def part_e2e(args, stage, aggs=None):
         bertfeat.import_csv("e", "msgs", src, overwrite=True, progress=False, **conn)
         bertfeat.add_sent_tokenized("e", "msgs", overwrite=True, progress=False, **conn)
     s = bertfeat.add_bert("e", "msgs", "user_id", bert_model=MODEL, model_dir=args.model_dir,
-                          stage_dir=stage, bert_msg_aggregation=aggs, progress=False, **conn)
+                          stage_dir=stage, bert_msg_aggregation=aggs, precision=precision,
+                          progress=False, **conn)
     return {"seconds": time.perf_counter() - start, "messages": s["messages"], "real_tokens": s["tokens"]}
 
 
 def child(args):
     result = {"baseline": part_baseline, "inference": part_inference,
               "e2e": lambda a: part_e2e(a, os.path.join(a.work, "stage")),
-              "reagg": lambda a: part_e2e(a, os.path.join(a.work, "stage"), ["median", "std"])}[args.part](args)
+              "reagg": lambda a: part_e2e(a, os.path.join(a.work, "stage"), ["median", "std"]),
+              "int8": lambda a: part_e2e(a, os.path.join(a.work, "stage8"), precision="int8"),
+              "int8_x10": lambda a: part_e2e(a, os.path.join(a.work, "stage8x"), precision="int8",
+                                             copies=10)}[args.part](args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
@@ -123,11 +140,13 @@ def main():
     p.add_argument("--part")
     p.add_argument("--work")
     p.add_argument("--skip_baseline", action="store_true")
+    p.add_argument("--x10", action="store_true", help="also run int8 on the 10x table (peak RSS check)")
     args = p.parse_args()
     if args.part:
         return child(args)
     work = tempfile.mkdtemp(prefix="bertfeat-bench-")
-    parts = ["inference", "e2e", "reagg"] + ([] if args.skip_baseline else ["baseline"])
+    parts = (["inference", "e2e", "reagg", "int8"] + (["int8_x10"] if args.x10 else [])
+             + ([] if args.skip_baseline else ["baseline"]))
     results = {}
     for part in parts:
         cmd = [sys.executable, __file__, "--part", part, "--work", work, "--csv", args.csv,
@@ -144,8 +163,10 @@ def main():
     labels = {"baseline": "DLATK-style PyTorch eager, 32/batch per group",
               "inference": "bertfeat runtime only (same windows)",
               "e2e": "bertfeat end to end (import+sentences+bert)",
-              "reagg": "bertfeat re-aggregation (new msg agg)"}
-    for part in ["baseline", "inference", "e2e", "reagg"]:
+              "reagg": "bertfeat re-aggregation (new msg agg)",
+              "int8": "bertfeat end to end, --precision int8",
+              "int8_x10": "bertfeat int8 end to end, 10x table"}
+    for part in ["baseline", "inference", "e2e", "reagg", "int8", "int8_x10"]:
         r = results.get(part)
         if not r:
             continue
@@ -158,6 +179,8 @@ def main():
         print(f"\nbaseline padding: {base['real_tokens'] / base['padded_tokens']:.0%} of its batch tokens are real")
     print(f"end to end / inference only: {results['e2e']['seconds'] / results['inference']['seconds']:.2f}")
     print(f"first run / re-aggregation: {results['e2e']['seconds'] / results['reagg']['seconds']:.0f}x")
+    if "int8_x10" in results:
+        print(f"peak RSS 10x / 1x (int8): {results['int8_x10']['peak_rss_mb'] / results['int8']['peak_rss_mb']:.2f}")
 
 
 if __name__ == "__main__":

@@ -149,8 +149,8 @@ def run(args):
             message_field=args.message_field, messageid_field=args.messageid_field, device=args.device,
             precision=args.precision, batch_tokens=args.batch_tokens, threads=args.threads,
             model_dir=args.model_dir, progress=progress, **_conn(args))
-        print(f"add_bert: {s['groups']} groups from {s['messages']} messages ({s['embedded']} embedded,"
-              f" {s['reused']} reused from the stage), skipped {_skipped(s['skipped'])};"
+        print(f"add_bert: {s['groups']} groups from {s['messages']} messages ({s['embedded']} distinct texts embedded,"
+              f" {s['reused']} messages reused from the stage), skipped {_skipped(s['skipped'])};"
               f" {s['windows']} windows, {s['tokens']} tokens in {s['seconds']} s -> table {s['table']}"
               + (f" and {s['message_table']}" if s["message_table"] else ""))
         did = True

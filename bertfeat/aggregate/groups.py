@@ -43,11 +43,12 @@ class Stage:
 
     def staged(self, message_ids, text_hashes):
         """{message_id: text_hash} already staged, and {text_hash: vec} for the given hashes."""
+        # semi-joins against the chunk's keys (hash joins), not a per-row list search
         done = dict(self.con.execute(
-            f"SELECT message_id, text_hash FROM {self.table} WHERE list_contains(?, message_id)",
+            f"SELECT message_id, text_hash FROM {self.table} WHERE message_id IN (SELECT unnest(?))",
             [list(message_ids)]).fetchall())
         by_hash = dict(self.con.execute(
-            f"SELECT text_hash, any_value(vec) FROM {self.table} WHERE list_contains(?, text_hash)"
+            f"SELECT text_hash, any_value(vec) FROM {self.table} WHERE text_hash IN (SELECT unnest(?))"
             " GROUP BY text_hash", [list(set(text_hashes))]).fetchall())
         return done, by_hash
 
@@ -56,15 +57,11 @@ class Stage:
         if rows:
             # one transaction: a kill leaves whole chunks staged or none
             self.con.execute("BEGIN")
-            self.con.execute(f"DELETE FROM {self.table} WHERE list_contains(?, message_id)",
+            self.con.execute(f"DELETE FROM {self.table} WHERE message_id IN (SELECT unnest(?))",
                              [[m for m, _, _ in rows]])
             insert_columns(self.con, self.table, ["message_id", "text_hash", "vec"],
                            [(m, h, v.tolist()) for m, h, v in rows])
             self.con.execute("COMMIT")
-
-    def dims(self):
-        row = self.con.execute(f"SELECT len(vec) FROM {self.table} LIMIT 1").fetchone()
-        return row[0] if row else 0
 
     def group_features(self, aggregations, batch_size=100_000):
         """Yield batches of (group_id, feat, value) ordered by group, aggregation, dimension."""

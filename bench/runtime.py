@@ -1,0 +1,176 @@
+"""Benchmark the runtime alone on the windows SPEC §3 builds from msgs100u (all-MiniLM-L6-v2).
+
+    .venv/bin/python bench/runtime.py [--limit N]
+
+All in one run, each in its own process (own peak RSS), same machine:
+  (a) PyTorch fp32 eager, batches of 32 windows in corpus order, whole model (what DLATK does)
+  (b) PyTorch fp32 eager, the same length-sorted token-budget batches as bertfeat, whole model
+  (c) bertfeat fp32 (ONNX Runtime, fused, stops after layer 4 = the default second-to-last)
+  (d) bertfeat int8 (per-channel weights, one window per call, 2 calls in parallel)
+plus a --batch_tokens sweep for (c), the FLOP-bound ceiling from a measured GEMM rate, and the
+cold start (fresh process: import, cached export, session, first batch).
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from add_bert import DEFAULT_CSV, MODEL, ROOT, windows_by_group  # noqa: E402
+
+
+def flops_per_token(hidden, inter, layers, mean_len):
+    """Multiply-adds x2 per token: QKV+output projections, FFN, attention scores and mixing."""
+    return layers * 2 * (4 * hidden * hidden + 2 * hidden * inter + 2 * mean_len * hidden)
+
+
+def gemm_rate():
+    import numpy as np
+    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        a @ a
+        best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - t))
+    return best
+
+
+def ort_gemm_rate():
+    """The same 2048^3 fp32 GEMM through ONNX Runtime (MLAS): the rate our runtime can reach."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "g",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2048, 2048]) for n in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [2048, 2048])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        sess.run(None, {"a": a, "b": a})
+        best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - t))
+    return best
+
+
+def part(args):
+    import numpy as np
+    if args.part == "gemm":
+        return {"gflops": gemm_rate() / 1e9, "ort_gflops": ort_gemm_rate() / 1e9}
+    if args.part == "cold":
+        t = time.perf_counter()
+        from bertfeat.runtime import Encoder, locate
+        enc = Encoder(locate(MODEL, 5, "fp32", args.model_dir))
+        pieces = enc.word_pieces(["A first sentence for the cold start.", "And a second one."])
+        enc.run([enc.window(pieces[0], pieces[1])[:2]], [4])
+        return {"seconds": time.perf_counter() - t}
+    groups, enc, _ = windows_by_group(args.work, args.csv, args.limit, args.model_dir)
+    windows = [w for ws in groups.values() for w in ws]
+    real = sum(len(w[0]) for w in windows)
+    lengths = np.array([len(w[0]) for w in windows])
+    if args.part in ("a", "b"):
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained(enc.manifest["source"]).eval()
+        if args.part == "a":
+            batches = [list(range(k, min(k + 32, len(windows)))) for k in range(0, len(windows), 32)]
+        else:
+            batches = list(enc.batches(lengths))
+        padded = 0
+        t = time.perf_counter()
+        with torch.no_grad():
+            for batch in batches:
+                width = int(lengths[batch].max())
+                ids = np.zeros((len(batch), width), np.int64)
+                types, mask = np.zeros_like(ids), np.zeros_like(ids)
+                for r, i in enumerate(batch):
+                    n = lengths[i]
+                    ids[r, :n], types[r, :n], mask[r, :n] = windows[i][0], windows[i][1], 1
+                model(input_ids=torch.from_numpy(ids), token_type_ids=torch.from_numpy(types),
+                      attention_mask=torch.from_numpy(mask), output_hidden_states=True)
+                padded += ids.size
+        return {"seconds": time.perf_counter() - t, "real": real, "padded": padded, "windows": len(windows),
+                "mean_len": real / len(windows)}
+    from bertfeat.runtime import Encoder, locate
+    precision = "int8" if args.part == "d" else "fp32"
+    entry = locate(MODEL, 5, precision, args.model_dir)
+    if args.part == "sweep":
+        out = {}
+        sample = windows[: min(len(windows), 3000)]
+        for budget in (512, 1024, 2048, 4096, 8192):
+            e = Encoder(entry, batch_tokens=budget)
+            e.run(sample[:50], [4])
+            t = time.perf_counter()
+            e.run(sample, [4])
+            out[budget] = sum(len(w[0]) for w in sample) / (time.perf_counter() - t)
+        return {"sweep": out}
+    e = Encoder(entry)
+    t = time.perf_counter()
+    for k in range(0, len(windows), 2048):
+        e.run(windows[k:k + 2048], [4])
+    return {"seconds": time.perf_counter() - t, "real": real, "padded": real if e.per_window else None,
+            "windows": len(windows)}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--csv", default=str(DEFAULT_CSV))
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--model_dir", default=str(ROOT / "models"))
+    p.add_argument("--part")
+    p.add_argument("--work")
+    args = p.parse_args()
+    if args.part:
+        result = part(args)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("RESULT " + json.dumps(result))
+        return
+    work = tempfile.mkdtemp(prefix="bertfeat-bench-")
+    res = {}
+    for name in ("gemm", "c", "d", "sweep", "cold", "a", "b"):
+        cmd = [sys.executable, __file__, "--part", name, "--work", work, "--csv", args.csv,
+               "--limit", str(args.limit), "--model_dir", args.model_dir]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+        if not line:
+            sys.exit(f"part {name} failed:\n{out.stderr[-3000:]}")
+        res[name] = json.loads(line[0][7:])
+    gemm = max(res["gemm"]["gflops"], res["gemm"]["ort_gflops"]) * 1e9
+    mean_len = res["a"]["mean_len"]
+    full = flops_per_token(384, 1536, 6, mean_len)
+    five = flops_per_token(384, 1536, 5, mean_len)
+    print(f"msgs100u windows: {res['a']['windows']} windows, {res['a']['real']} real tokens"
+          f" (mean {mean_len:.0f}/window); {os.cpu_count()} CPUs; fp32 GEMM 2048^3: numpy"
+          f" {res['gemm']['gflops']:.0f} GFLOP/s, ONNX Runtime {res['gemm']['ort_gflops']:.0f} GFLOP/s"
+          " (the ceiling uses the faster)\n")
+    print("| run | layers run | real tok/s | real/batch tokens | vs (a) | vs (b) | % of FLOP ceiling | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    base_a = res["a"]["real"] / res["a"]["seconds"]
+    base_b = res["b"]["real"] / res["b"]["seconds"]
+    labels = {"a": "(a) PyTorch eager, 32/batch, corpus order", "b": "(b) PyTorch eager, length-sorted batches",
+              "c": "(c) bertfeat fp32", "d": "(d) bertfeat int8"}
+    for name in "abcd":
+        r = res[name]
+        tps = r["real"] / r["seconds"]
+        flops = full if name in "ab" else five
+        frac = f"{r['real'] / r['padded']:.0%}" if r.get("padded") else "100%"
+        ceiling = f"{tps * flops / gemm:.0%}" if name != "d" else "- (int8)"
+        print(f"| {labels[name]} | {6 if name in 'ab' else 5} | {tps:,.0f} | {frac} | {tps / base_a:.2f}x |"
+              f" {tps / base_b:.2f}x | {ceiling} | {r['peak_rss_mb']:.0f} |")
+    print(f"\nFLOP-bound ceiling: {gemm / full:,.0f} tok/s for 6 layers, {gemm / five:,.0f} for 5"
+          f" ({full / 1e6:.1f} / {five / 1e6:.1f} MFLOP per token at the mean window length)")
+    print("\n--batch_tokens sweep, (c) on up to 3,000 windows: " +
+          ", ".join(f"{k}: {v:,.0f} tok/s" for k, v in res["sweep"]["sweep"].items()))
+    print(f"cold start (fresh process: import, cached export, session, first batch): {res['cold']['seconds']:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
