@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from . import __version__
-from .aggregate import ABBR, AGGREGATIONS, LAYER_AGGREGATIONS, message_vectors, sentence_vectors
+from .aggregate import ABBR, AGGREGATIONS, LAYER_AGGREGATIONS
 from .aggregate.groups import Stage
 from .errors import BertfeatError
 from .models import cached_entries, canonical_name, config_layers, model_dir, short_name
@@ -111,6 +111,7 @@ def _chunks(pieces, limit):
 
 def embed_messages(encoder, messages, layers, layer_aggs, word_aggs, no_context, piece_cache):
     """Message vectors for lists of sentences; None for a message with no word pieces."""
+    from .aggregate.kernels import message_vectors, sentence_vectors
     limit = (encoder.max_positions - 3) // 2
     flat = [s for sents in messages for s in sents]
     pieces = encoder.word_pieces(flat) if flat else []
@@ -284,12 +285,12 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
                 bar.update(len(rows))
 
         written = {}
-        for out_table, rows_iter, gtype in (
-                (feat_table, stage.group_features(msg_aggs), types[correl_field]),
-                (msg_table, stage.message_features() if bert_keep_msg else None, types[messageid_field])):
-            if rows_iter is None:
-                continue
-            written[out_table] = _write_feature_table(engine, out_table, rows_iter, gtype)
+        stage.close()  # inference is done: the stage is only read from here on
+        outputs = [(feat_table, stage.group_features_sql, (msg_aggs,), types[correl_field])]
+        if bert_keep_msg:
+            outputs.append((msg_table, stage.message_features_sql, (), types[messageid_field]))
+        for out_table, make_sql, extra, gtype in outputs:
+            written[out_table] = _write_feature_table(engine, stage, out_table, make_sql, extra, gtype)
         groups = engine.query(f"SELECT count(DISTINCT group_id) FROM {engine.q(feat_table)}")[0][0]
         seconds = round(time.perf_counter() - started, 2)
         summary = {"table": feat_table, "message_table": msg_table if bert_keep_msg else None,
@@ -297,7 +298,6 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
                    "windows": encoder.windows_run if encoder else 0,
                    "tokens": encoder.tokens_run if encoder else 0, **counts}
         _record_run(engine, feat_table, settings, summary, msg_aggs, featname)
-        stage.close()
     return summary
 
 
@@ -328,18 +328,31 @@ def _sentences(message, from_stoks):
     return split_sentences(message)
 
 
-def _write_feature_table(engine, out_table, batches, group_sql_type):
-    """Write under a temporary name, then rename: an interrupted write never looks complete."""
+def _write_feature_table(engine, stage, out_table, make_sql, extra, group_sql_type):
+    """Write under a temporary name, then rename: an interrupted write never looks complete.
+
+    DuckDB reads the stage file directly (rows never pass through Python); MySQL gets batched
+    multi-row inserts of the rows the stage computes.
+    """
     tmp = "bertfeat_tmp_" + hashlib.sha1(out_table.encode()).hexdigest()[:12]
     engine.drop_table(tmp)
     group_type = group_sql_type if engine.kind == "duckdb" else _mysql_group_type(group_sql_type)
     engine.create_feature_table(tmp, group_type)
-    n = 0
-    for rows in batches:
-        engine.insert_rows(tmp, ["id", "group_id", "feat", "value", "group_norm"],
-                           [(n + k + 1, g, f, v, v) for k, (g, f, v) in enumerate(rows)])
-        engine.commit()
-        n += len(rows)
+    columns = ["id", "group_id", "feat", "value", "group_norm"]
+    if engine.kind == "duckdb":
+        sql, params = make_sql(*extra, schema="bertfeat_stage")
+        engine.insert_from_file(tmp, stage.path, "bertfeat_stage", sql, params)
+    else:
+        import duckdb
+        stage.con = duckdb.connect(stage.path, read_only=True)
+        try:
+            sql, params = make_sql(*extra)
+            for rows in stage.rows(sql, params):
+                engine.insert_rows(tmp, columns, rows)
+                engine.commit()
+        finally:
+            stage.close()
+    n = engine.query(f"SELECT count(*) FROM {engine.q(tmp)}")[0][0]
     engine.drop_table(out_table)
     engine.rename_table(tmp, out_table)
     engine.index_feature_table(out_table)

@@ -25,6 +25,7 @@ def stage_key(settings):
 class Stage:
     def __init__(self, path, settings, id_type, group_type):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
         self.con = duckdb.connect(path)
         self.key = stage_key(settings)
         self.table = f"vec_{self.key}"
@@ -63,44 +64,44 @@ class Stage:
                            [(m, h, v.tolist()) for m, h, v in rows])
             self.con.execute("COMMIT")
 
-    def group_features(self, aggregations, batch_size=100_000):
-        """Yield batches of (group_id, feat, value) ordered by group, aggregation, dimension."""
-        parts = ", ".join(f"{DUCK_AGG[a]}(u.v) AS a{k}" for k, a in enumerate(aggregations))
-        cur = self.con.cursor()
-        cur.execute(
-            f"SELECT g.group_id, u.i, {parts} FROM {self.groups} g JOIN"
-            f" (SELECT message_id, unnest(range(len(vec))) AS i, unnest(vec) AS v FROM {self.table}) u"
-            " USING (message_id) GROUP BY g.group_id, u.i ORDER BY g.group_id, u.i")
-        names = [ABBR[a] for a in aggregations]
-        buffered = []
-        current, rows = None, []
-        while batch := cur.fetchmany(batch_size):
-            for group_id, i, *vals in batch:
-                if group_id != current:
-                    buffered.extend(self._order(rows, names))
-                    current, rows = group_id, []
-                rows.append((group_id, i, vals))
-            if len(buffered) >= batch_size:
-                yield buffered
-                buffered = []
-        buffered.extend(self._order(rows, names))
-        if buffered:
-            yield buffered
-        cur.close()
+    def group_features_sql(self, aggregations, schema=None):
+        """(SQL, params) giving the feature table's rows (id, group_id, feat, value, group_norm).
 
-    @staticmethod
-    def _order(rows, names):
-        """One group's rows: all dimensions of the first aggregation, then the next."""
-        return [(g, f"{i}{names[k]}", float(vals[k])) for k in range(len(names)) for g, i, vals in rows]
+        Ordered by group, aggregation (as given), dimension; ids 1..N in that order. `schema`
+        names the attached stage when another connection runs it.
+        """
+        vec, groups = self._names(schema)
+        aggs = ", ".join(f"{DUCK_AGG[a]}(v) AS a{k}" for k, a in enumerate(aggregations))
+        long = " UNION ALL ".join(f"SELECT group_id, {k} AS k, i, a{k} AS value FROM a"
+                                  for k in range(len(aggregations)))
+        sql = (f"WITH u AS (SELECT g.group_id, s.i, s.v FROM {groups} g JOIN"
+               f" (SELECT message_id, unnest(range(len(vec))) AS i, unnest(vec) AS v FROM {vec}) s"
+               f" USING (message_id)), a AS (SELECT group_id, i, {aggs} FROM u GROUP BY group_id, i),"
+               f" l AS ({long})"
+               " SELECT row_number() OVER (ORDER BY group_id, k, i) AS id, group_id,"
+               " CAST(i AS VARCHAR) || list_extract(?, k + 1) AS feat, value, value AS group_norm"
+               " FROM l ORDER BY id")
+        return sql, [[ABBR[a] for a in aggregations]]
 
-    def message_features(self, batch_size=100_000):
-        """Yield batches of (message_id, feat, value) for the message-level table."""
+    def message_features_sql(self, schema=None):
+        """(SQL, params) giving the message-level table's rows, features named by dimension."""
+        vec, groups = self._names(schema)
+        sql = ("SELECT row_number() OVER (ORDER BY message_id, i) AS id, message_id AS group_id,"
+               " CAST(i AS VARCHAR) AS feat, v AS value, v AS group_norm FROM"
+               f" (SELECT message_id, unnest(range(len(vec))) AS i, unnest(vec) AS v FROM {vec}"
+               f" WHERE message_id IN (SELECT message_id FROM {groups})) ORDER BY id")
+        return sql, []
+
+    def _names(self, schema):
+        prefix = f"{schema}." if schema else ""
+        return prefix + self.table, prefix + self.groups
+
+    def rows(self, sql, params, batch_size=50_000):
+        """Run one of the *_sql queries here and yield batches of rows."""
         cur = self.con.cursor()
-        cur.execute(f"SELECT message_id, i, v FROM (SELECT message_id, unnest(range(len(vec))) AS i,"
-                    f" unnest(vec) AS v FROM {self.table} WHERE message_id IN"
-                    f" (SELECT message_id FROM {self.groups})) ORDER BY message_id, i")
+        cur.execute(sql, params)
         while batch := cur.fetchmany(batch_size):
-            yield [(m, f"{i}", float(v)) for m, i, v in batch]
+            yield batch
         cur.close()
 
     def close(self):

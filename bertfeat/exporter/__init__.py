@@ -111,6 +111,37 @@ def _validation_batch(tokenizer, input_names):
     return {k: (enc[k].astype(np.int64) if k in enc else np.zeros_like(ids)) for k in input_names}
 
 
+def _cache_entry(final, force, build):
+    """Return the intact cache entry `final`, building it first when missing or corrupted.
+
+    `build(tmp)` writes model.onnx and tokenizer.json into a temporary folder and returns the
+    manifest; the folder is renamed into place only when complete (a half-written export is
+    never seen), under a per-model lock (two processes never export the same model at once).
+    """
+    base = final.parent
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.is_dir() and not force and entry_is_intact(final):
+            return final
+        if final.is_dir():
+            notice(f"cache entry {final} is incomplete or corrupted: exporting it again")
+            shutil.rmtree(final)
+        started = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
+        try:
+            manifest = build(tmp)
+            manifest.update(files={f: file_sha256(tmp / f) for f in ("model.onnx", "tokenizer.json")},
+                            created=time.time(), export_seconds=round(time.perf_counter() - started, 1))
+            with open(tmp / MANIFEST, "w") as f:
+                json.dump(manifest, f, indent=1)
+            os.rename(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def export(name, precision="fp32", depth=None, root=None, force=False):
     """Export `name` (up to block `depth`) into the cache and return the entry's folder."""
     if precision not in PRECISIONS:
@@ -127,19 +158,10 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
     src = resolve_source(name)
     n_layers = config_layers(src)
     depth = n_layers if depth is None else depth
-    fp = fingerprint(src, depth, precision)
-    base = model_dir(root) / safe_dir_name(name)
-    final = base / fp
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / ".lock", "w") as lock:  # one exporter at a time per model
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if final.is_dir() and not force and entry_is_intact(final):
-            return final
-        if final.is_dir():
-            notice(f"cache entry {final} is incomplete or corrupted: exporting it again")
-            shutil.rmtree(final)
-        started = time.perf_counter()
-        model, tokenizer, n_layers, depth = _load(src, depth)
+    final = model_dir(root) / safe_dir_name(name) / fingerprint(src, depth, precision)
+
+    def build(tmp):
+        model, tokenizer, layers, _ = _load(src, depth)
         import inspect
         input_names = ["input_ids", "attention_mask"]
         if "token_type_ids" in inspect.signature(model.forward).parameters:
@@ -158,53 +180,40 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
         batch = _validation_batch(tokenizer, input_names)
         with torch.no_grad():  # reference first: tracing can leave the eager model altered
             reference = wrapper(*[torch.from_numpy(batch[k]) for k in input_names]).numpy()
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
-        try:
-            raw = tmp / "raw.onnx"
-            dummy = tuple(torch.from_numpy(batch[k][:2, :9].copy()) for k in input_names)
-            axes = {k: {0: "batch", 1: "tokens"} for k in input_names}
-            axes["hidden_states"] = {1: "batch", 2: "tokens"}
-            import warnings
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer notes
-                torch.onnx.export(wrapper, dummy, str(raw), input_names=input_names,
-                                  output_names=["hidden_states"], dynamic_axes=axes,
-                                  opset_version=OPSET, dynamo=False)
-            raw_err = _validate(raw, batch, reference)
-            chosen, err, optimizations = raw, raw_err, []
-            fused = _fuse(raw, tmp / "fused.onnx", model.config)
-            if fused is not None:
-                fused_err = _validate(fused, batch, reference)
-                if fused_err <= TOLERANCE:
-                    chosen, err, optimizations = fused, fused_err, ["ort-transformers-fusion"]
-                else:
-                    notice(f"fused graph differs by {fused_err:.2e}: keeping the unfused export")
-            if err > TOLERANCE:
-                raise BertfeatError(f"export of {name} failed validation: ONNX differs from PyTorch by"
-                                    f" {err:.2e} (> {TOLERANCE}); please report this model")
-            os.replace(chosen, tmp / "model.onnx")
-            for leftover in (raw, tmp / "fused.onnx"):
-                if leftover.exists():
-                    leftover.unlink()
-            tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-            files = {f: file_sha256(tmp / f) for f in ("model.onnx", "tokenizer.json")}
-            manifest = {
-                "name": name, "source": os.path.abspath(src), "fingerprint": fp,
-                "model_type": model.config.model_type, "layers": n_layers, "depth": depth,
+        raw = tmp / "raw.onnx"
+        dummy = tuple(torch.from_numpy(batch[k][:2, :9].copy()) for k in input_names)
+        axes = {k: {0: "batch", 1: "tokens"} for k in input_names}
+        axes["hidden_states"] = {1: "batch", 2: "tokens"}
+        import warnings
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer notes
+            torch.onnx.export(wrapper, dummy, str(raw), input_names=input_names,
+                              output_names=["hidden_states"], dynamic_axes=axes,
+                              opset_version=OPSET, dynamo=False)
+        chosen, err, optimizations = raw, _validate(raw, batch, reference), []
+        fused = _fuse(raw, tmp / "fused.onnx", model.config)
+        if fused is not None:
+            fused_err = _validate(fused, batch, reference)
+            if fused_err <= TOLERANCE:
+                chosen, err, optimizations = fused, fused_err, ["ort-transformers-fusion"]
+            else:
+                notice(f"fused graph differs by {fused_err:.2e}: keeping the unfused export")
+        if err > TOLERANCE:
+            raise BertfeatError(f"export of {name} failed validation: ONNX differs from PyTorch by"
+                                f" {err:.2e} (> {TOLERANCE}); please report this model")
+        os.replace(chosen, tmp / "model.onnx")
+        for leftover in (raw, tmp / "fused.onnx"):
+            if leftover.exists():
+                leftover.unlink()
+        tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        return {"name": name, "source": os.path.abspath(src), "fingerprint": final.name,
+                "model_type": model.config.model_type, "layers": layers, "depth": depth,
                 "hidden_size": model.config.hidden_size, "max_positions": _max_positions(model.config),
-                "inputs": input_names, "pad_id": int(tokenizer.pad_token_id or 0), "opset": OPSET, "precision": precision,
-                "optimizations": optimizations, "validation_max_error": float(err),
-                "bertfeat_version": __version__, "torch_version": torch.__version__,
-                "files": files, "created": time.time(),
-                "export_seconds": round(time.perf_counter() - started, 1),
-            }
-            with open(tmp / MANIFEST, "w") as f:
-                json.dump(manifest, f, indent=1)
-            os.rename(tmp, final)  # atomic: a half-written export is never seen
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return final
+                "inputs": input_names, "pad_id": int(tokenizer.pad_token_id or 0), "opset": OPSET,
+                "precision": precision, "optimizations": optimizations, "validation_max_error": float(err),
+                "bertfeat_version": __version__, "torch_version": torch.__version__}
+
+    return _cache_entry(final, force, build)
 
 
 def export_int8(name, depth=None, root=None, force=False):
@@ -213,56 +222,40 @@ def export_int8(name, depth=None, root=None, force=False):
     ONNX Runtime's dynamic quantization takes one activation scale per input tensor; the
     runtime feeds int8 sessions one window at a time (no padding, no batch-mates), so that
     scale depends on the window alone and a message's vector never depends on its batch.
-    Measured on msgs100u (all-MiniLM-L6-v2, this AVX2 CPU without VNNI): 8-bit per-channel weights
-    give message-vector cosine >= 0.9915 to fp32; `reduce_range` (7-bit) only 0.989, and u8 weights
-    the same accuracy as s8 but 35% slower. The agreement is checked here and by the tests.
+    Measured on msgs100u (all-MiniLM-L6-v2, this AMD EPYC with AVX-512 VNNI): 8-bit per-channel
+    weights give message-vector cosine >= 0.9915 to fp32; `reduce_range` (7-bit) only 0.989,
+    and u8 weights the same accuracy as s8 but 35% slower. The agreement is checked at export
+    (on this machine) and by the tests.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
     fp32_entry = export(name, "fp32", depth, root, force)
     fp32 = read_manifest(fp32_entry)
     src = fp32["source"] if os.path.isdir(fp32["source"]) else resolve_source(name)
-    fp = fingerprint(src, fp32["depth"], "int8")
-    base = fp32_entry.parent
-    final = base / fp
-    with open(base / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if final.is_dir() and not force and entry_is_intact(final):
-            return final
-        if final.is_dir():
-            notice(f"cache entry {final} is incomplete or corrupted: exporting it again")
-            shutil.rmtree(final)
-        started = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
+    final = fp32_entry.parent / fingerprint(src, fp32["depth"], "int8")
+
+    def build(tmp):
+        import logging
+        root_logger = logging.getLogger()
+        level = root_logger.level
+        root_logger.setLevel(logging.ERROR)  # quantize_dynamic's advice goes to the root logger
         try:
-            import logging
-            root_logger = logging.getLogger()
-            level = root_logger.level
-            root_logger.setLevel(logging.ERROR)  # quantize_dynamic's advice goes to the root logger
-            try:
-                quantize_dynamic(str(fp32_entry / "model.onnx"), str(tmp / "model.onnx"), per_channel=True,
-                                 reduce_range=False, weight_type=QuantType.QInt8,
-                                 extra_options={"DefaultTensorType": 1})  # 1 = FLOAT, for fused ops
-            finally:
-                root_logger.setLevel(level)
-            for leftover in tmp.glob("*-inferred.onnx"):
-                leftover.unlink()
-            shutil.copy(fp32_entry / "tokenizer.json", tmp / "tokenizer.json")
-            cosine = _int8_agreement(fp32_entry, tmp / "model.onnx", fp32)
-            if cosine < INT8_MIN_COSINE:
-                raise BertfeatError(f"int8 export of {name} agrees with fp32 only to cosine {cosine:.4f}"
-                                    f" (< {INT8_MIN_COSINE}); use --precision fp32 for this model")
-            files = {f: file_sha256(tmp / f) for f in ("model.onnx", "tokenizer.json")}
-            manifest = {**fp32, "fingerprint": fp, "precision": "int8", "files": files, "created": time.time(),
-                        "optimizations": fp32["optimizations"] + ["dynamic-int8-per-channel-weights"],
-                        "per_window": True, "int8_min_window_cosine": cosine,
-                        "export_seconds": round(time.perf_counter() - started, 1)}
-            with open(tmp / MANIFEST, "w") as f:
-                json.dump(manifest, f, indent=1)
-            os.rename(tmp, final)
+            quantize_dynamic(str(fp32_entry / "model.onnx"), str(tmp / "model.onnx"), per_channel=True,
+                             reduce_range=False, weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": 1})  # 1 = FLOAT, for fused ops
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return final
+            root_logger.setLevel(level)
+        for leftover in tmp.glob("*-inferred.onnx"):
+            leftover.unlink()
+        shutil.copy(fp32_entry / "tokenizer.json", tmp / "tokenizer.json")
+        cosine = _int8_agreement(fp32_entry, tmp / "model.onnx", fp32)
+        if cosine < INT8_MIN_COSINE:
+            raise BertfeatError(f"int8 export of {name} agrees with fp32 only to cosine {cosine:.4f}"
+                                f" (< {INT8_MIN_COSINE}); use --precision fp32 for this model")
+        return {**fp32, "fingerprint": final.name, "precision": "int8", "per_window": True,
+                "optimizations": fp32["optimizations"] + ["dynamic-int8-per-channel-weights"],
+                "int8_min_window_cosine": cosine}
+
+    return _cache_entry(final, force, build)
 
 
 def _int8_agreement(fp32_entry, int8_path, manifest):

@@ -112,6 +112,7 @@ class Encoder:
         self.pad_id = int(self.manifest.get("pad_id") or 0)
         self.windows_run = 0
         self.tokens_run = 0
+        self._pool = None
 
     # --- word pieces and windows -------------------------------------------------------
     def _template(self):
@@ -218,8 +219,9 @@ class Encoder:
         if self.threads == 1:
             out = [one(w) for w in windows]
         else:
-            with ThreadPoolExecutor(self.threads) as pool:  # ONNX Runtime releases the GIL in run()
-                out = list(pool.map(one, windows))
+            if self._pool is None:  # one pool for the session's life: new threads cost memory
+                self._pool = ThreadPoolExecutor(self.threads)  # ORT releases the GIL in run()
+            out = list(self._pool.map(one, windows))
         self.windows_run += len(windows)
         self.tokens_run += sum(len(w[0]) for w in windows)
         return out

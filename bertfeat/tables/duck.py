@@ -51,6 +51,15 @@ class DuckEngine(Engine):
         finally:
             cur.close()
 
+    def insert_from_file(self, table, path, alias, sql, params):
+        """INSERT INTO table the rows of `sql`, run here over DuckDB file `path` attached read-only
+        as `alias`: the rows never pass through Python."""
+        self.execute(f"ATTACH ? AS {self.q(alias)} (READ_ONLY)", [path])
+        try:
+            self.execute(f"INSERT INTO {self.q(table)} {sql}", params)
+        finally:
+            self.execute(f"DETACH {self.q(alias)}")
+
     def commit(self):
         pass  # autocommit: each statement is its own transaction
 
