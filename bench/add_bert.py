@@ -132,6 +132,20 @@ def child(args):
     print("RESULT " + json.dumps(result))
 
 
+def run_parts(script, parts, args, work):
+    """Run each part of a benchmark script in a process of its own; {part: its RESULT dict}."""
+    results = {}
+    for part in parts:
+        cmd = [sys.executable, script, "--part", part, "--work", work, "--csv", args.csv,
+               "--limit", str(args.limit), "--model_dir", args.model_dir]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+        if not line:
+            sys.exit(f"part {part} failed:\n{out.stderr[-3000:]}")
+        results[part] = json.loads(line[0][7:])
+    return results
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--csv", default=str(DEFAULT_CSV))
@@ -147,15 +161,7 @@ def main():
     work = tempfile.mkdtemp(prefix="bertfeat-bench-")
     parts = (["inference", "e2e", "reagg", "int8"] + (["int8_x10"] if args.x10 else [])
              + ([] if args.skip_baseline else ["baseline"]))
-    results = {}
-    for part in parts:
-        cmd = [sys.executable, __file__, "--part", part, "--work", work, "--csv", args.csv,
-               "--limit", str(args.limit), "--model_dir", args.model_dir]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-        if not line:
-            sys.exit(f"{part} failed:\n{out.stderr[-3000:]}")
-        results[part] = json.loads(line[0][7:])
+    results = run_parts(__file__, parts, args, work)
     base = results.get("baseline")
     print(f"msgs100u ({results['e2e']['messages']} messages), {MODEL}, {os.cpu_count()} CPUs, one run\n")
     print(f"| {'run':44s} | {'seconds':>8s} | {'msgs/s':>7s} | {'real tok/s':>10s} | {'vs base':>7s} | {'peak RSS MB':>11s} |")

@@ -53,7 +53,7 @@ def main():
                 n += 1
                 out.append((n, u, names[j], float(c), float(c) / totals[i]))
         engine.insert_rows(table, ["id", "group_id", "feat", "value", "group_norm"], out)
-    print(f"age, msgs100u (100 bloggers), 10-fold ridgecv, seed 42\n")
+    print("age, msgs100u (100 bloggers), 10-fold ridgecv, seed 42\n")
     print("| features | num_features | r | R2 | mae |")
     print("|---|---|---|---|---|")
     for label, t in ((f"{MODEL} (layer 4, mean)", bert), ("1-gram relative frequencies (min_df 2)", table)):

@@ -14,14 +14,13 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_bert import DEFAULT_CSV, MODEL, ROOT, windows_by_group  # noqa: E402
+from add_bert import DEFAULT_CSV, MODEL, ROOT, run_parts, windows_by_group  # noqa: E402
 
 
 def flops_per_token(hidden, inter, layers, mean_len):
@@ -43,7 +42,6 @@ def gemm_rate():
 def ort_gemm_rate():
     """The same 2048^3 fp32 GEMM through ONNX Runtime (MLAS): the rate our runtime can reach."""
     import numpy as np
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "g",
@@ -134,15 +132,7 @@ def main():
         print("RESULT " + json.dumps(result))
         return
     work = tempfile.mkdtemp(prefix="bertfeat-bench-")
-    res = {}
-    for name in ("gemm", "c", "d", "sweep", "cold", "a", "b"):
-        cmd = [sys.executable, __file__, "--part", name, "--work", work, "--csv", args.csv,
-               "--limit", str(args.limit), "--model_dir", args.model_dir]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-        if not line:
-            sys.exit(f"part {name} failed:\n{out.stderr[-3000:]}")
-        res[name] = json.loads(line[0][7:])
+    res = run_parts(__file__, ("gemm", "c", "d", "sweep", "cold", "a", "b"), args, work)
     gemm = max(res["gemm"]["gflops"], res["gemm"]["ort_gflops"]) * 1e9
     mean_len = res["a"]["mean_len"]
     full = flops_per_token(384, 1536, 6, mean_len)

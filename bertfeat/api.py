@@ -47,7 +47,7 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
                 summary["written"] = engine.query(f"SELECT count(*) FROM {engine.q(out)}")[0][0]
                 return summary
             engine.drop_table(out)
-        mid, msg = engine.q(messageid_field, "column name"), engine.q(message_field, "column name")
+        mid = engine.q(messageid_field, "column name")
         where, params = "", []
         if engine.table_exists(partial):
             last = engine.query(f"SELECT max({mid}) FROM {engine.q(partial)}")[0][0]

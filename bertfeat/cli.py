@@ -1,6 +1,5 @@
 """`bertfeat`: DLATK-compatible flags, parsed here and handed to the Python API (bertfeat.api)."""
 import argparse
-import os
 import sys
 
 from .errors import BertfeatError

@@ -95,3 +95,15 @@ def test_prediction_errors(tmp_path, kw, needle):
             engine.execute("ALTER TABLE o ADD COLUMN other BIGINT")  # present but matching no group
     with pytest.raises(bertfeat.BertfeatError, match=needle):
         nfold_test("s", **args, **conn)
+
+
+def test_two_feature_tables_are_joined_on_group_id(tmp_path):
+    conn = _planted(tmp_path, False)
+    with connect("s", **conn) as engine:  # the same features split over two tables, one group missing
+        for name, keep in (("feat$a$m$user_id$16to16", "< 15"), ("feat$b$m$user_id$16to16", ">= 15")):
+            engine.execute(f'CREATE TABLE "{name}" AS SELECT * FROM "feat$x$m$user_id$16to16"'
+                           f" WHERE CAST(regexp_extract(feat, '[0-9]+') AS INT) {keep}"
+                           + (" AND group_id <> 0" if keep == ">= 15" else ""))
+    both = nfold_test("s", ["feat$a$m$user_id$16to16", "feat$b$m$user_id$16to16"], "o", "y", folds=5,
+                      quiet=True, **conn)["y"][()][1]
+    assert both["num_features"] == 30 and both["N"] == 199 and both["r"] > 0.9
