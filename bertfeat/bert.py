@@ -179,6 +179,10 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
     if precision not in ("fp32", "int8"):
         raise BertfeatError(f"unknown --precision {precision!r}: choose fp32 or int8"
                             " (fp16 for CUDA is not available yet)")
+    from .runtime import resolve_device
+    if precision == "int8" and device == "auto":
+        device = "cpu"  # int8 sessions are CPU sessions
+    device = resolve_device(device)  # a missing CUDA provider is an error before any work
     if precision == "int8" and device == "cuda":
         raise BertfeatError("--precision int8 runs on the CPU: use --device cpu, or fp32 on CUDA")
     layer_aggs = parse_aggregations(bert_layer_aggregation, "--bert_layer_aggregation", "concatenate", True)

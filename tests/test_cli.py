@@ -73,3 +73,14 @@ def test_unreachable_mysql(tmp_path):
 
 def test_nothing_to_do():
     one_line_error(bertfeat("-d", "x"), "nothing to do")
+
+
+def test_add_bert_errors_are_one_line(dla, tmp_path):
+    common = ["-d", "dla", "-t", "msgs", "-c", "user_id", "--add_bert", "--db_dir", dla,
+              "--bert_model", "sentence-transformers/all-MiniLM-L6-v2", "--model_dir", str(tmp_path)]
+    one_line_error(bertfeat(*common, "--bert_msg_aggregation", "avg"), "unknown --bert_msg_aggregation")
+    one_line_error(bertfeat(*common, "--emb_layers", "12"), "out of range", "0..5")
+    one_line_error(bertfeat(*common, "--precision", "fp16"), "fp16")
+    import onnxruntime
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        one_line_error(bertfeat(*common, "--device", "cuda"), "--device cuda needs onnxruntime-gpu")
