@@ -155,7 +155,10 @@ def embed_messages(encoder, messages, layers, layer_aggs, word_aggs, no_context,
                 vecs = np.stack([piece_cache[int(t)] for t in s], 1)  # [L, n, H]
             else:
                 parts = [outputs[w][:, a:a + len(s)] for w, a in plan[m][i]]
-                vecs = parts[0] if len(parts) == 1 else (parts[0].astype(np.float64) + parts[1]) / 2
+                if len(parts) == 1:
+                    vecs = parts[0]
+                else:  # averaged in float64, kept as float32 (the runtime's precision)
+                    vecs = ((parts[0].astype(np.float64) + parts[1]) / 2).astype(np.float32)
             tokens.append(np.transpose(vecs, (1, 0, 2)))  # [n, L, H]
             sent_offsets.append(sent_offsets[-1] + len(s))
         msg_offsets.append(len(sent_offsets) - 1)
