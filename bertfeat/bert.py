@@ -228,7 +228,6 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
         stage_path = os.path.join(stage_dir or conn.get("db_dir") or os.environ.get("BERTFEAT_DB_DIR") or ".",
                                   f"{db}.bertfeat_stage.duckdb")
         stage = Stage(stage_path, settings, id_type, group_type)
-        encoder = None
         piece_cache = {}
         counts = {"messages": 0, "reused": 0, "embedded": 0, "skipped": {}}
 
@@ -242,53 +241,34 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
         null_ids = engine.query(f"SELECT count(*) FROM {engine.q(source)} WHERE {mid_q} IS NULL")[0][0]
         if null_ids:
             skip("NULL message_id", null_ids)
+        from_stoks = source != table
         last_id = object()
+        encoder = None
+
+        def embed(messages):
+            nonlocal encoder
+            if encoder is None:  # only when something needs inference
+                encoder = Encoder(entry, device=device, threads=threads, batch_tokens=batch_tokens)
+            return embed_messages(encoder, messages, layers, layer_aggs, word_aggs, bert_no_context,
+                                  piece_cache)
+
         with Progress("messages", total, enabled=progress) as bar:
             for rows in engine.stream(sql, [], chunk_messages):
                 batch = []
                 for mid, gid, message in rows:
-                    if mid == last_id:
+                    if mid == last_id:  # rows come in message_id order: repeats are adjacent
                         skip("repeated message_id")
                         continue
                     last_id = mid
                     if gid is None:
                         skip("NULL group id")
                         continue
-                    sents = _sentences(message, source != table)
+                    sents = _sentences(message, from_stoks)
                     if sents is None:
-                        skip("invalid JSON in _stoks" if source != table else "NULL message")
+                        skip("invalid JSON in _stoks" if from_stoks else "NULL message")
                         continue
                     batch.append((mid, gid, sents, _text_hash(sents)))
-                done, by_hash = stage.staged([b[0] for b in batch], [b[3] for b in batch])
-                todo, staged_rows = {}, []
-                for mid, gid, sents, h in batch:
-                    if done.get(mid) == h:
-                        counts["reused"] += 1
-                    elif h in by_hash:
-                        staged_rows.append((mid, h, np.asarray(by_hash[h])))
-                        counts["reused"] += 1
-                    else:
-                        todo.setdefault(h, (sents, []))[1].append(mid)
-                if todo:
-                    if encoder is None:
-                        encoder = Encoder(entry, device=device, threads=threads, batch_tokens=batch_tokens)
-                    hashes = list(todo)
-                    vecs = embed_messages(encoder, [todo[h][0] for h in hashes], layers, layer_aggs,
-                                          word_aggs, bert_no_context, piece_cache)
-                    for h, vec in zip(hashes, vecs):
-                        if vec is not None:
-                            staged_rows.extend((mid, h, vec) for mid in todo[h][1])
-                            counts["embedded"] += 1
-                empty = {h for h in todo if vecs[hashes.index(h)] is None} if todo else set()
-                used = []
-                for mid, gid, sents, h in batch:
-                    if h in empty:
-                        skip("no sentences")
-                    else:
-                        used.append((mid, gid))
-                stage.put(staged_rows)
-                stage.add_groups(used)
-                counts["messages"] += len(used)
+                _stage_chunk(stage, batch, embed, counts, skip)
                 bar.update(len(rows))
 
         written = {}
@@ -306,6 +286,41 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
                    "tokens": encoder.tokens_run if encoder else 0, **counts}
         _record_run(engine, feat_table, settings, summary, msg_aggs, featname)
     return summary
+
+
+def _stage_chunk(stage, batch, embed, counts, skip):
+    """Stage the vectors of a chunk's messages [(message_id, group_id, sentences, text hash)].
+
+    A message already staged with the same text, or sharing its text with a staged message, is
+    reused; each remaining distinct text is embedded once. One transaction per chunk.
+    """
+    done, by_hash = stage.staged([b[0] for b in batch], [b[3] for b in batch])
+    todo, staged_rows = {}, []
+    for mid, _, sents, h in batch:
+        if done.get(mid) == h:
+            counts["reused"] += 1
+        elif h in by_hash:
+            staged_rows.append((mid, h, np.asarray(by_hash[h])))
+            counts["reused"] += 1
+        else:
+            todo.setdefault(h, (sents, []))[1].append(mid)
+    empty = set()
+    if todo:
+        for h, vec in zip(todo, embed([sents for sents, _ in todo.values()])):
+            if vec is None:
+                empty.add(h)
+            else:
+                staged_rows.extend((mid, h, vec) for mid in todo[h][1])
+                counts["embedded"] += 1
+    used = []
+    for mid, gid, _, h in batch:
+        if h in empty:
+            skip("no sentences")
+        else:
+            used.append((mid, gid))
+    stage.put(staged_rows)
+    stage.add_groups(used)
+    counts["messages"] += len(used)
 
 
 def _duck_type(sql_type):
