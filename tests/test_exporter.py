@@ -153,3 +153,23 @@ def test_layer_out_of_range_and_missing_model_offline(tiny, tmp_path):
         locate(tiny["bert"], 4, root=str(tmp_path))
     with pytest.raises(bertfeat.BertfeatError, match="could not be downloaded|local model directory"):
         bertfeat.export_model("no-such-org/no-such-model-xyz", model_dir=str(tmp_path))
+
+
+def test_hf_id_from_the_local_hugging_face_cache(tiny, tmp_path, monkeypatch):
+    """An id found in the local HF cache (as `huggingface_hub` lays it out) exports offline."""
+    hub = tmp_path / "hf" / "hub"
+    snapshot = hub / "models--tiny-org--tiny-bert" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny["bert"], snapshot)
+    (hub / "models--tiny-org--tiny-bert" / "refs").mkdir()
+    (hub / "models--tiny-org--tiny-bert" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    entry = bertfeat.export_model("tiny-org/tiny-bert", model_dir=str(tmp_path / "m"), depth=2)
+    manifest = read_manifest(entry)
+    assert manifest["name"] == "tiny-org/tiny-bert" and manifest["source"] == str(snapshot)
+    # later runs find it in bertfeat's own cache, by name, without the HF cache
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    assert locate("tiny-org/tiny-bert", 2, root=str(tmp_path / "m")) == entry
