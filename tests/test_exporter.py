@@ -173,3 +173,23 @@ def test_hf_id_from_the_local_hugging_face_cache(tiny, tmp_path, monkeypatch):
     # later runs find it in bertfeat's own cache, by name, without the HF cache
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
     assert locate("tiny-org/tiny-bert", 2, root=str(tmp_path / "m")) == entry
+
+
+def test_a_deeper_cached_export_serves_when_the_source_is_gone(tiny, tmp_path):
+    """Offline deployment: `--export_model` (all layers) copied over; the source is not there."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny["bert"], src)
+    cache = str(tmp_path / "m")
+    full = bertfeat.export_model(str(src), model_dir=cache)  # depth 3
+    manifest = read_manifest(full)
+    # what a copied cache looks like to a machine without the source: looked up by name
+    moved = tmp_path / "m" / "by-name"
+    shutil.copytree(full, moved / "f")
+    manifest.update(name="tiny-org/gone", source="/nonexistent")
+    json.dump(manifest, open(moved / "f" / "manifest.json", "w"))
+    os.rename(moved, tmp_path / "m" / "tiny-org__gone")
+    entry = locate("tiny-org/gone", 2, root=cache)  # no depth-2 export and none can be made
+    assert entry == tmp_path / "m" / "tiny-org__gone" / "f"
+    enc = Encoder(entry)
+    pieces = enc.word_pieces(TEXT[:2])
+    assert enc.run([enc.window(pieces[0], pieces[1])[:2]], [1])[0].shape[0] == 1

@@ -46,23 +46,32 @@ def locate(name, depth, precision="fp32", root=None):
         entry = model_dir(root) / safe_dir_name(name) / fingerprint(name, depth, precision)
         if entry.is_dir() and entry_is_intact(entry):
             return entry
+        deeper = []
     else:
-        entries = [(e, m) for e, m in cached_entries(name, root)
-                   if m.get("precision") == precision and m.get("depth", 0) >= depth]
+        entries = [(e, m) for e, m in cached_entries(name, root) if m.get("precision") == precision]
         _check_depth(depth, entries[0][1]["layers"] if entries else None)
-        entries.sort(key=lambda em: (em[1]["depth"] != depth, em[1]["depth"]))
-        for entry, manifest in entries:
-            if entry_is_intact(entry, manifest) and (manifest["depth"] == depth or not _can_export()):
-                return entry
-        if entries and not entry_is_intact(*entries[0]):
-            notice(f"cache entry {entries[0][0]} is corrupted: exporting {name} again")
+        intact = [(e, m) for e, m in entries if m.get("depth", 0) >= depth and entry_is_intact(e, m)]
+        intact.sort(key=lambda em: em[1]["depth"])
+        if intact and intact[0][1]["depth"] == depth:
+            return intact[0][0]
+        deeper = [e for e, _ in intact]  # usable: they compute a few layers more than needed
+        if any(m.get("depth") == depth for _, m in entries):
+            notice(f"the cached {name} export of depth {depth} is corrupted: exporting it again")
     if not _can_export():
+        if deeper:
+            return deeper[0]
         raise BertfeatError(
             f"model {name!r} (depth {depth}, {precision}) is not in the export cache"
             f" {model_dir(root)} and exporting needs torch: pip install 'bertfeat[export]', or run"
             " `bertfeat --export_model NAME` on another machine and copy its models/ folder here")
     from ..exporter import export
-    return export(name, precision=precision, depth=depth, root=root)
+    try:
+        return export(name, precision=precision, depth=depth, root=root)
+    except BertfeatError:
+        if not deeper:
+            raise
+        notice(f"cannot export {name} at depth {depth} here: using the cached deeper export")
+        return deeper[0]
 
 
 def _check_depth(depth, n_layers):
