@@ -131,9 +131,17 @@ def add_bert(db, table, correl_field="user_id", **kwargs):
     return run(db, table, correl_field, **kwargs)
 
 
-def export_model(bert_model, precision="fp32", model_dir=None, depth=None):
-    """Pre-export a model into the cache (for offline deployment); returns the entry folder."""
-    from .exporter import export
+def export_model(bert_model, precision="fp32", model_dir=None, depth=None, bert_layers=None):
+    """Pre-export a model into the cache (for offline deployment); returns the entry folder.
+
+    All layers by default; with `bert_layers` (or `depth`), only up to the deepest one, which is
+    what --add_bert with those layers runs.
+    """
+    from .exporter import export, resolve_source
+    if bert_layers and depth is None:
+        from .bert import normalize_layers
+        from .models import config_layers
+        depth = normalize_layers(bert_layers, config_layers(resolve_source(bert_model)))[-1] + 1
     return export(bert_model, precision=precision, depth=depth, root=model_dir)
 
 

@@ -129,7 +129,8 @@ def run(args):
               + (f" in {s['seconds']} s" if "seconds" in s else " (already there)"))
         did = True
     if args.export_model:
-        entry = api.export_model(args.export_model, precision=args.precision, model_dir=args.model_dir)
+        entry = api.export_model(args.export_model, precision=args.precision, model_dir=args.model_dir,
+                                 bert_layers=args.bert_layers)
         print(f"export_model: {args.export_model} -> {entry}")
         did = True
     if args.list_models:

@@ -193,3 +193,13 @@ def test_a_deeper_cached_export_serves_when_the_source_is_gone(tiny, tmp_path):
     enc = Encoder(entry)
     pieces = enc.word_pieces(TEXT[:2])
     assert enc.run([enc.window(pieces[0], pieces[1])[:2]], [1])[0].shape[0] == 1
+
+
+def test_export_model_and_list_models_from_the_cli(tiny, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "bertfeat", *args, "--model_dir", str(tmp_path)],
+                              capture_output=True, text=True, timeout=300)
+    r = cli("--export_model", tiny["distilbert"], "--bert_layers", "0")
+    assert r.returncode == 0 and "export_model:" in r.stdout, r.stderr
+    r = cli("--list_models")
+    assert r.returncode == 0 and "depth 1/3 fp32" in r.stdout and " ok " in r.stdout
