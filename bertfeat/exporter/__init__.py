@@ -128,6 +128,7 @@ def _cache_entry(final, force, build):
             notice(f"cache entry {final} is incomplete or corrupted: exporting it again")
             shutil.rmtree(final)
         started = time.perf_counter()
+        notice(f"exporting {base.name} to ONNX once, into {final} ...")
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
         try:
             manifest = build(tmp)
@@ -136,6 +137,11 @@ def _cache_entry(final, force, build):
             with open(tmp / MANIFEST, "w") as f:
                 json.dump(manifest, f, indent=1)
             os.rename(tmp, final)
+            agreement = (f"min window cosine to fp32 {manifest['int8_min_window_cosine']:.4f}"
+                         if manifest["precision"] == "int8" else
+                         f"max difference to PyTorch {manifest['validation_max_error']:.1e}")
+            notice(f"exported {manifest['name']} (depth {manifest['depth']}, {manifest['precision']}) in"
+                   f" {manifest['export_seconds']} s; {agreement}")
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
