@@ -325,7 +325,7 @@ def _stage_chunk(stage, batch, embed, counts, skip):
 
 def _duck_type(sql_type):
     t = sql_type.lower()
-    return "BIGINT" if any(k in t for k in ("int", "bigint")) else "VARCHAR"
+    return "BIGINT" if "int" in t else "VARCHAR"
 
 
 def _text_hash(sents):
@@ -365,15 +365,9 @@ def _write_feature_table(engine, stage, out_table, make_sql, extra, group_sql_ty
         sql, params = make_sql(*extra, schema="bertfeat_stage")
         engine.insert_from_file(tmp, stage.path, "bertfeat_stage", sql, params)
     else:
-        import duckdb
-        stage.con = duckdb.connect(stage.path, read_only=True)
-        try:
-            sql, params = make_sql(*extra)
-            for rows in stage.rows(sql, params):
-                engine.insert_rows(tmp, columns, rows)
-                engine.commit()
-        finally:
-            stage.close()
+        for rows in stage.rows(*make_sql(*extra)):
+            engine.insert_rows(tmp, columns, rows)
+            engine.commit()
     n = engine.query(f"SELECT count(*) FROM {engine.q(tmp)}")[0][0]
     engine.drop_table(out_table)
     engine.rename_table(tmp, out_table)

@@ -72,10 +72,10 @@ def entry_is_intact(entry, manifest=None):
         return False
     stamp_path = Path(entry) / ".verified"
     try:
-        stamps = {f: [(Path(entry) / f).stat().st_size, (Path(entry) / f).stat().st_mtime_ns]
-                  for f in manifest["files"]}
+        stats = {f: (Path(entry) / f).stat() for f in manifest["files"]}
     except OSError:
         return False
+    stamps = {f: [st.st_size, st.st_mtime_ns] for f, st in stats.items()}
     try:
         if json.loads(stamp_path.read_text()) == {"files": manifest["files"], "stamps": stamps}:
             return True

@@ -56,7 +56,6 @@ class Stage:
     def put(self, rows):
         """Stage (message_id, text_hash, vec) rows in one transaction (a kill leaves whole chunks)."""
         if rows:
-            # one transaction: a kill leaves whole chunks staged or none
             self.con.execute("BEGIN")
             self.con.execute(f"DELETE FROM {self.table} WHERE message_id IN (SELECT unnest(?))",
                              [[m for m, _, _ in rows]])
@@ -97,12 +96,11 @@ class Stage:
         return prefix + self.table, prefix + self.groups
 
     def rows(self, sql, params, batch_size=50_000):
-        """Run one of the *_sql queries here and yield batches of rows."""
-        cur = self.con.cursor()
-        cur.execute(sql, params)
-        while batch := cur.fetchmany(batch_size):
-            yield batch
-        cur.close()
+        """Run one of the *_sql queries on a read-only connection to the stage file, in batches."""
+        with duckdb.connect(self.path, read_only=True) as con:
+            cur = con.execute(sql, params)
+            while batch := cur.fetchmany(batch_size):
+                yield batch
 
     def close(self):
         self.con.close()

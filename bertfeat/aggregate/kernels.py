@@ -7,6 +7,7 @@ from numba import njit
 
 from . import CODES
 
+
 @njit(cache=True)
 def _reduce(x, code, out):
     """Reduce rows of x [n, d] into out [d] with aggregation `code` (index into LAYER_AGGREGATIONS)."""

@@ -17,8 +17,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BertfeatError
-from ..models import (FAMILIES, MANIFEST, read_manifest, OFFLINE_PACKAGES, canonical_name, cached_entries, entry_is_intact,
-                      config_layers, file_sha256, fingerprint, model_dir,
+from ..models import (FAMILIES, MANIFEST, OFFLINE_PACKAGES, canonical_name, config_layers,
+                      entry_is_intact, file_sha256, fingerprint, model_dir, read_manifest,
                       safe_dir_name)
 from ..progress import notice
 
@@ -316,11 +316,11 @@ def list_models(root=None):
         return out
     for model_folder in sorted(p for p in base.iterdir() if p.is_dir()):
         for entry in sorted(p for p in model_folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            manifest = json.loads((entry / MANIFEST).read_text()) if (entry / MANIFEST).exists() else None
+            manifest = read_manifest(entry)
             size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
             out.append((manifest["name"] if manifest else model_folder.name, entry, manifest, size,
                         entry_is_intact(entry, manifest)))
     return out
 
 
-__all__ = ["export", "resolve_source", "list_models", "cached_entries", "FAMILIES"]
+__all__ = ["export", "resolve_source", "list_models", "FAMILIES"]

@@ -96,7 +96,6 @@ class Encoder:
         if not self.manifest:
             raise BertfeatError(f"{entry} is not an export cache entry (no manifest.json)")
         self.depth = self.manifest["depth"]
-        self.hidden_size = self.manifest["hidden_size"]
         self.max_positions = self.manifest["max_positions"]
         self.batch_tokens = int(batch_tokens or DEFAULT_BATCH_TOKENS)
         if self.batch_tokens < self.max_positions:
@@ -206,25 +205,25 @@ class Encoder:
             for r, i in enumerate(batch):
                 n = lengths[i]
                 ids[r, :n], types[r, :n], mask[r, :n] = windows[i][0], windows[i][1], 1
-            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-            hidden = self.session.run(["hidden_states"], {k: feeds[k] for k in self.input_names})[0]
-            chosen = hidden[layers]
+            chosen = self._hidden(ids, types, mask)[layers]
             for r, i in enumerate(batch):
                 out[i] = chosen[:, r, :lengths[i]]
             self.windows_run += len(batch)
             self.tokens_run += int(lengths[batch].sum())
         return out
 
+    def _hidden(self, ids, types, mask):
+        """One session call: hidden states [depth, batch, tokens, H] (models without token types
+        simply do not take them)."""
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return self.session.run(["hidden_states"], {k: feeds[k] for k in self.input_names})[0]
 
     def _run_per_window(self, windows, layers):
         from concurrent.futures import ThreadPoolExecutor
 
         def one(window):
             ids, types = window
-            feeds = {"input_ids": ids[None], "attention_mask": np.ones((1, len(ids)), np.int64),
-                     "token_type_ids": types[None]}
-            hidden = self.session.run(["hidden_states"], {k: feeds[k] for k in self.input_names})[0]
-            return hidden[layers, 0]
+            return self._hidden(ids[None], types[None], np.ones((1, len(ids)), np.int64))[layers, 0]
         if self.threads == 1:
             out = [one(w) for w in windows]
         else:
