@@ -179,15 +179,16 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
              threads=None, model_dir=None, stage_dir=None, progress=None, chunk_messages=256, **conn):
     """Write the SPEC §3 feature table for `table` grouped by `correl_field`; returns a summary."""
     started = time.perf_counter()
-    if precision not in ("fp32", "int8"):
-        raise BertfeatError(f"unknown --precision {precision!r}: choose fp32 or int8"
-                            " (fp16 for CUDA is not available yet)")
+    if precision not in ("fp32", "int8", "fp16"):
+        raise BertfeatError(f"unknown --precision {precision!r}: choose fp32, int8 (CPU) or fp16 (CUDA)")
     from .runtime import resolve_device
+    if precision == "int8" and device == "cuda":
+        raise BertfeatError("--precision int8 runs on the CPU: use --device cpu, or fp32/fp16 on CUDA")
     if precision == "int8" and device == "auto":
         device = "cpu"  # int8 sessions are CPU sessions
     device = resolve_device(device)  # a missing CUDA provider is an error before any work
-    if precision == "int8" and device == "cuda":
-        raise BertfeatError("--precision int8 runs on the CPU: use --device cpu, or fp32 on CUDA")
+    if precision == "fp16" and device == "cpu":
+        notice("--precision fp16 is meant for --device cuda: on the CPU it is slower than fp32")
     layer_aggs = parse_aggregations(bert_layer_aggregation, "--bert_layer_aggregation", "concatenate", True)
     word_aggs = parse_aggregations(bert_word_aggregation, "--bert_word_aggregation", "mean")
     msg_aggs = parse_aggregations(bert_msg_aggregation, "--bert_msg_aggregation", "mean")

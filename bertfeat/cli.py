@@ -58,7 +58,7 @@ def build_parser():
     bert.add_argument(*_aliases("keep_msg"), dest="bert_keep_msg", action="store_true",
                       help="also write the message-level table (grouped by message_id)")
     bert.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
-    bert.add_argument("--precision", default="fp32", help="fp32 (default)")
+    bert.add_argument("--precision", default="fp32", help="fp32 (default), int8 (CPU) or fp16 (CUDA)")
     bert.add_argument("--batch_tokens", type=int, default=None, help="padded tokens per inference batch")
     bert.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")
     bert.add_argument("--model_dir", default=None,

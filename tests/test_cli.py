@@ -80,7 +80,8 @@ def test_add_bert_errors_are_one_line(dla, tmp_path):
               "--bert_model", "sentence-transformers/all-MiniLM-L6-v2", "--model_dir", str(tmp_path)]
     one_line_error(bertfeat(*common, "--bert_msg_aggregation", "avg"), "unknown --bert_msg_aggregation")
     one_line_error(bertfeat(*common, "--emb_layers", "12"), "out of range", "0..5")
-    one_line_error(bertfeat(*common, "--precision", "fp16"), "fp16")
+    one_line_error(bertfeat(*common, "--precision", "bf16"), "unknown --precision", "fp16 (CUDA)")
+    one_line_error(bertfeat(*common, "--precision", "int8", "--device", "cuda"), "int8 runs on the CPU")
     import onnxruntime
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         one_line_error(bertfeat(*common, "--device", "cuda"), "--device cuda needs onnxruntime-gpu")

@@ -195,6 +195,39 @@ def test_a_deeper_cached_export_serves_when_the_source_is_gone(tiny, tmp_path):
     assert enc.run([enc.window(pieces[0], pieces[1])[:2]], [1])[0].shape[0] == 1
 
 
+def test_exports_made_before_the_layers_input_still_run(tiny, tmp_path):
+    """A 0.1 cache entry returns every layer (no `layers` input): it gives the same vectors, serves
+    when no current export can be made, and gives way to a current export of the same depth."""
+    import onnx
+    from bertfeat.models import file_sha256
+    cache = str(tmp_path / "m")
+    entry = locate(tiny["bert"], 3, root=cache)
+    old = tmp_path / "m" / "tiny-org__old" / "f"
+    shutil.copytree(entry, old)
+    model = onnx.load(str(old / "model.onnx"))
+    select = next(n for n in model.graph.node if "layers" in n.input)  # the graph's layer picker
+    for node in model.graph.node:
+        node.output[:] = ["hidden_states" if o == select.input[0] else o for o in node.output]
+    model.graph.node.remove(select)
+    model.graph.input.remove(next(i for i in model.graph.input if i.name == "layers"))
+    onnx.save(model, str(old / "model.onnx"))
+    manifest = read_manifest(old)
+    manifest["inputs"].remove("layers")
+    manifest.update(name="tiny-org/old", source="/nonexistent",
+                    files={**manifest["files"], "model.onnx": file_sha256(old / "model.onnx")})
+    json.dump(manifest, open(old / "manifest.json", "w"))
+    assert locate("tiny-org/old", 3, root=cache) == old  # its source is gone: nothing can be exported
+    new, legacy = Encoder(entry), Encoder(old)
+    pieces = new.word_pieces(TEXT[:4])
+    windows = [new.window(pieces[i], pieces[i + 1])[:2] for i in range(3)]
+    for a, b in zip(new.run(windows, [2, 0]), legacy.run(windows, [2, 0])):
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
+    current = old.parent / "g"  # a current export of the same depth is preferred
+    shutil.copytree(entry, current)
+    json.dump({**read_manifest(current), "name": "tiny-org/old"}, open(current / "manifest.json", "w"))
+    assert locate("tiny-org/old", 3, root=cache) == current
+
+
 def test_export_model_and_list_models_from_the_cli(tiny, tmp_path):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "bertfeat", *args, "--model_dir", str(tmp_path)],

@@ -1,8 +1,10 @@
 """Export a Hugging Face encoder to ONNX once (the only module that imports torch).
 
 The exported graph takes input_ids, attention_mask (and token_type_ids when the model has
-them) and returns `hidden_states` [depth, batch, tokens, hidden]: the outputs of transformer
-blocks 1..depth. A run asks for the depth it needs (its deepest layer), so no block past it runs.
+them) plus `layers` (0-based block indices) and returns `hidden_states` [len(layers), batch,
+tokens, hidden]: the chosen outputs of transformer blocks 1..depth, picked inside the graph so
+that only they leave it (on CUDA, only they cross to the host). A run asks for the depth it
+needs (its deepest layer), so no block past it runs.
 Each export is validated against the PyTorch model on real sentences before it enters the cache.
 """
 import fcntl
@@ -23,10 +25,10 @@ from ..models import (FAMILIES, MANIFEST, OFFLINE_PACKAGES, canonical_name, conf
 from ..progress import notice
 
 OPSET = 17
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "fp16")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model",
                    "tokenizer.model")
-INT8_MIN_COSINE = 0.99  # refuse an int8 export whose window vectors agree less with fp32
+MIN_COSINE = 0.99  # refuse an int8/fp16 export whose window vectors agree less with fp32
 TOLERANCE = 1e-4  # max |onnx - torch| / max(1, max |torch|) on the validation windows
 VALIDATION_TEXT = [
     "Mr. Smith arrived at 5 p.m. on Jan. 3rd!", "Did he?",
@@ -104,11 +106,12 @@ def _max_positions(config):
     return int(max_pos)
 
 
-def _validation_batch(tokenizer, input_names):
+def _validation_batch(tokenizer, input_names, depth):
     pairs = [(VALIDATION_TEXT[i], VALIDATION_TEXT[i + 1]) for i in range(0, len(VALIDATION_TEXT) - 1)]
     enc = tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding=True, return_tensors="np")
     ids = enc["input_ids"].astype(np.int64)
-    return {k: (enc[k].astype(np.int64) if k in enc else np.zeros_like(ids)) for k in input_names}
+    batch = {k: (enc[k].astype(np.int64) if k in enc else np.zeros_like(ids)) for k in input_names}
+    return {**batch, "layers": np.arange(depth, dtype=np.int64)}
 
 
 def _cache_entry(final, force, build):
@@ -137,8 +140,8 @@ def _cache_entry(final, force, build):
             with open(tmp / MANIFEST, "w") as f:
                 json.dump(manifest, f, indent=1)
             os.rename(tmp, final)
-            agreement = (f"min window cosine to fp32 {manifest['int8_min_window_cosine']:.4f}"
-                         if manifest["precision"] == "int8" else
+            agreement = (f"min window cosine to fp32 {manifest['fp32_min_window_cosine']:.4f}"
+                         if manifest["precision"] != "fp32" else
                          f"max difference to PyTorch {manifest['validation_max_error']:.1e}")
             notice(f"exported {manifest['name']} (depth {manifest['depth']}, {manifest['precision']}) in"
                    f" {manifest['export_seconds']} s; {agreement}")
@@ -151,10 +154,9 @@ def _cache_entry(final, force, build):
 def export(name, precision="fp32", depth=None, root=None, force=False):
     """Export `name` (up to block `depth`) into the cache and return the entry's folder."""
     if precision not in PRECISIONS:
-        raise BertfeatError(f"unknown --precision {precision!r}: choose {', '.join(PRECISIONS)}"
-                            " (fp16 for CUDA is not available yet)")
-    if precision == "int8":
-        return export_int8(name, depth, root, force)
+        raise BertfeatError(f"unknown --precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    if precision != "fp32":
+        return (export_int8 if precision == "int8" else export_fp16)(name, depth, root, force)
     try:
         import torch
     except ImportError as e:
@@ -179,21 +181,22 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
                 self.model = model
 
             def forward(self, *inputs):
-                out = self.model(**dict(zip(input_names, inputs)), output_hidden_states=True)
-                return torch.stack(out.hidden_states[1:], 0)
+                out = self.model(**dict(zip(input_names, inputs[:-1])), output_hidden_states=True)
+                return torch.index_select(torch.stack(out.hidden_states[1:], 0), 0, inputs[-1])
 
         wrapper = Stacked(model).eval()
-        batch = _validation_batch(tokenizer, input_names)
+        batch = _validation_batch(tokenizer, input_names, depth)
         with torch.no_grad():  # reference first: tracing can leave the eager model altered
-            reference = wrapper(*[torch.from_numpy(batch[k]) for k in input_names]).numpy()
+            reference = wrapper(*[torch.from_numpy(batch[k]) for k in input_names + ["layers"]]).numpy()
         raw = tmp / "raw.onnx"
         dummy = tuple(torch.from_numpy(batch[k][:2, :9].copy()) for k in input_names)
+        dummy += (torch.arange(min(2, depth)),)
         axes = {k: {0: "batch", 1: "tokens"} for k in input_names}
-        axes["hidden_states"] = {1: "batch", 2: "tokens"}
+        axes.update(layers={0: "layers"}, hidden_states={0: "layers", 1: "batch", 2: "tokens"})
         import warnings
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer notes
-            torch.onnx.export(wrapper, dummy, str(raw), input_names=input_names,
+            torch.onnx.export(wrapper, dummy, str(raw), input_names=input_names + ["layers"],
                               output_names=["hidden_states"], dynamic_axes=axes,
                               opset_version=OPSET, dynamo=False)
         chosen, err, optimizations = raw, _validate(raw, batch, reference), []
@@ -215,7 +218,7 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
         return {"name": name, "source": os.path.abspath(src), "fingerprint": final.name,
                 "model_type": model.config.model_type, "layers": layers, "depth": depth,
                 "hidden_size": model.config.hidden_size, "max_positions": _max_positions(model.config),
-                "inputs": input_names, "pad_id": int(tokenizer.pad_token_id or 0), "opset": OPSET,
+                "inputs": input_names + ["layers"], "pad_id": int(tokenizer.pad_token_id or 0), "opset": OPSET,
                 "precision": precision, "optimizations": optimizations, "validation_max_error": float(err),
                 "bertfeat_version": __version__, "torch_version": torch.__version__}
 
@@ -233,56 +236,86 @@ def export_int8(name, depth=None, root=None, force=False):
     and u8 weights the same accuracy as s8 but 35% slower. The agreement is checked at export
     (on this machine) and by the tests.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    fp32_entry = export(name, "fp32", depth, root, force)
-    fp32 = read_manifest(fp32_entry)
-    src = fp32["source"] if os.path.isdir(fp32["source"]) else resolve_source(name)
-    final = fp32_entry.parent / fingerprint(src, fp32["depth"], "int8")
-
-    def build(tmp):
+    def convert(fp32_model, target):
         import logging
+        from onnxruntime.quantization import QuantType, quantize_dynamic
         root_logger = logging.getLogger()
         level = root_logger.level
         root_logger.setLevel(logging.ERROR)  # quantize_dynamic's advice goes to the root logger
         try:
-            quantize_dynamic(str(fp32_entry / "model.onnx"), str(tmp / "model.onnx"), per_channel=True,
-                             reduce_range=False, weight_type=QuantType.QInt8,
+            quantize_dynamic(str(fp32_model), str(target), per_channel=True, reduce_range=False,
+                             weight_type=QuantType.QInt8,
                              extra_options={"DefaultTensorType": 1})  # 1 = FLOAT, for fused ops
         finally:
             root_logger.setLevel(level)
-        for leftover in tmp.glob("*-inferred.onnx"):
+        for leftover in target.parent.glob("*-inferred.onnx"):
             leftover.unlink()
+    return _derive(name, "int8", depth, root, force, convert, "dynamic-int8-per-channel-weights",
+                   per_window=True)
+
+
+def export_fp16(name, depth=None, root=None, force=False):
+    """fp16 from the fp32 export, for CUDA: weights and activations in half precision, inputs
+    and the `hidden_states` output kept int64/fp32 (so the graph casts on the device).
+
+    The fused ops (Attention, SkipLayerNormalization, ...) are converted by ONNX Runtime's own
+    transformer converter. On a CPU the graph still runs (ONNX Runtime computes unsupported
+    half-precision ops in fp32 between casts), so the export and its agreement check work on a
+    machine without a GPU; the check runs on CUDA when the provider is there.
+    """
+    def convert(fp32_model, target):
+        import onnx
+        from onnxruntime.transformers.onnx_model import OnnxModel
+        model = OnnxModel(onnx.load(str(fp32_model)))
+        model.convert_float_to_float16(keep_io_types=True)
+        model.save_model_to_file(str(target))
+    return _derive(name, "fp16", depth, root, force, convert, "fp16")
+
+
+def _derive(name, precision, depth, root, force, convert, optimization, per_window=False):
+    """A reduced-precision cache entry made by `convert(fp32 model.onnx, target)` from the fp32
+    export, kept only if its window vectors agree with fp32 to cosine >= MIN_COSINE."""
+    fp32_entry = export(name, "fp32", depth, root, force)
+    fp32 = read_manifest(fp32_entry)
+    src = fp32["source"] if os.path.isdir(fp32["source"]) else resolve_source(name)
+    final = fp32_entry.parent / fingerprint(src, fp32["depth"], precision)
+
+    def build(tmp):
+        convert(fp32_entry / "model.onnx", tmp / "model.onnx")
         shutil.copy(fp32_entry / "tokenizer.json", tmp / "tokenizer.json")
-        cosine = _int8_agreement(fp32_entry, tmp / "model.onnx", fp32)
-        if cosine < INT8_MIN_COSINE:
-            raise BertfeatError(f"int8 export of {name} agrees with fp32 only to cosine {cosine:.4f}"
-                                f" (< {INT8_MIN_COSINE}); use --precision fp32 for this model")
-        return {**fp32, "fingerprint": final.name, "precision": "int8", "per_window": True,
-                "optimizations": fp32["optimizations"] + ["dynamic-int8-per-channel-weights"],
-                "int8_min_window_cosine": cosine}
+        cosine, provider = _agreement(fp32_entry, tmp / "model.onnx", fp32, precision)
+        if cosine < MIN_COSINE:
+            raise BertfeatError(f"{precision} export of {name} agrees with fp32 only to cosine {cosine:.4f}"
+                                f" (< {MIN_COSINE}); use --precision fp32 for this model")
+        return {**fp32, "fingerprint": final.name, "precision": precision, "per_window": per_window,
+                "optimizations": fp32["optimizations"] + [optimization],
+                "fp32_min_window_cosine": cosine, "agreement_provider": provider}
 
     return _cache_entry(final, force, build)
 
 
-def _int8_agreement(fp32_entry, int8_path, manifest):
-    """Smallest cosine, over the validation windows, of int8 vs fp32 token-mean vectors per layer."""
+def _agreement(fp32_entry, path, manifest, precision):
+    """Smallest cosine, over the validation windows, of `path` vs fp32 token-mean vectors per
+    layer, and the provider it was measured on (CUDA for fp16 when there)."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(str(fp32_entry / "tokenizer.json"))
     tok.no_padding()
     tok.no_truncation()
-    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-                for p in (fp32_entry / "model.onnx", int8_path)]
+    provider = ("CUDAExecutionProvider" if precision == "fp16" and
+                "CUDAExecutionProvider" in ort.get_available_providers() else "CPUExecutionProvider")
+    sessions = [ort.InferenceSession(str(p), providers=[provider])
+                for p in (fp32_entry / "model.onnx", path)]
     worst = 1.0
     for a, b in zip(VALIDATION_TEXT, VALIDATION_TEXT[1:]):
         enc = tok.encode(a, b)
         feeds = {"input_ids": np.array([enc.ids]), "attention_mask": np.ones((1, len(enc.ids)), np.int64),
-                 "token_type_ids": np.array([enc.type_ids])}
+                 "token_type_ids": np.array([enc.type_ids]), "layers": np.arange(manifest["depth"])}
         ref, got = (s.run(["hidden_states"], {k: feeds[k] for k in manifest["inputs"]})[0].mean(2)
                     for s in sessions)
         cos = (ref * got).sum(-1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(got, axis=-1)
         worst = min(worst, float(cos.min()))
-    return worst
+    return worst, provider
 
 
 def _validate(path, batch, reference):

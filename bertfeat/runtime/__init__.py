@@ -46,20 +46,21 @@ def locate(name, depth, precision="fp32", root=None):
         entry = model_dir(root) / safe_dir_name(name) / fingerprint(name, depth, precision)
         if entry.is_dir() and entry_is_intact(entry):
             return entry
-        deeper = []
+        fallbacks = []
     else:
         entries = [(e, m) for e, m in cached_entries(name, root) if m.get("precision") == precision]
         _check_depth(depth, entries[0][1]["layers"] if entries else None)
-        intact = [(e, m) for e, m in entries if m.get("depth", 0) >= depth and entry_is_intact(e, m)]
-        intact.sort(key=lambda em: em[1]["depth"])
-        if intact and intact[0][1]["depth"] == depth:
-            return intact[0][0]
-        deeper = [e for e, _ in intact]  # usable: they compute a few layers more than needed
-        if any(m.get("depth") == depth for _, m in entries):
+        usable = [(e, m) for e, m in entries if m.get("depth", 0) >= depth and entry_is_intact(e, m)]
+        usable.sort(key=lambda em: (em[1]["depth"], "layers" not in em[1]["inputs"]))
+        if usable and usable[0][1]["depth"] == depth and "layers" in usable[0][1]["inputs"]:
+            return usable[0][0]
+        # usable while a current export cannot be made: an older format, or a few layers too many
+        fallbacks = [e for e, _ in usable]
+        if any(m.get("depth") == depth and (e, m) not in usable for e, m in entries):
             notice(f"the cached {name} export of depth {depth} is corrupted: exporting it again")
     if not _can_export():
-        if deeper:
-            return deeper[0]
+        if fallbacks:
+            return fallbacks[0]
         raise BertfeatError(
             f"model {name!r} (depth {depth}, {precision}) is not in the export cache"
             f" {model_dir(root)} and exporting needs torch: pip install 'bertfeat[export]', or run"
@@ -68,10 +69,10 @@ def locate(name, depth, precision="fp32", root=None):
     try:
         return export(name, precision=precision, depth=depth, root=root)
     except BertfeatError:
-        if not deeper:
+        if not fallbacks:
             raise
-        notice(f"cannot export {name} at depth {depth} here: using the cached deeper export")
-        return deeper[0]
+        notice(f"cannot export {name} at depth {depth} here: using an older or deeper cached export")
+        return fallbacks[0]
 
 
 def _check_depth(depth, n_layers):
@@ -97,6 +98,7 @@ class Encoder:
             raise BertfeatError(f"{entry} is not an export cache entry (no manifest.json)")
         self.depth = self.manifest["depth"]
         self.max_positions = self.manifest["max_positions"]
+        self.hidden_size = self.manifest["hidden_size"]
         self.batch_tokens = int(batch_tokens or DEFAULT_BATCH_TOKENS)
         if self.batch_tokens < self.max_positions:
             self.batch_tokens = self.max_positions  # one longest window must fit
@@ -205,25 +207,37 @@ class Encoder:
             for r, i in enumerate(batch):
                 n = lengths[i]
                 ids[r, :n], types[r, :n], mask[r, :n] = windows[i][0], windows[i][1], 1
-            chosen = self._hidden(ids, types, mask)[layers]
+            chosen = self._hidden(ids, types, mask, layers)
             for r, i in enumerate(batch):
                 out[i] = chosen[:, r, :lengths[i]]
             self.windows_run += len(batch)
             self.tokens_run += int(lengths[batch].sum())
         return out
 
-    def _hidden(self, ids, types, mask):
-        """One session call: hidden states [depth, batch, tokens, H] (models without token types
-        simply do not take them)."""
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        return self.session.run(["hidden_states"], {k: feeds[k] for k in self.input_names})[0]
+    def _hidden(self, ids, types, mask, layers):
+        """One session call: the chosen layers' hidden states [len(layers), batch, tokens, H].
+
+        The graph picks the layers itself and writes them straight into our array (I/O binding):
+        on CUDA the result crosses to the host once, and only the layers asked for. Models
+        without token types simply do not take them; exports before 0.2 return every layer.
+        """
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "layers": layers}
+        if "layers" not in self.input_names:
+            return self.session.run(["hidden_states"], {k: feeds[k] for k in self.input_names})[0][layers]
+        out = np.empty((len(layers), *ids.shape, self.hidden_size), np.float32)
+        binding = self.session.io_binding()
+        for k in self.input_names:
+            binding.bind_cpu_input(k, feeds[k])
+        binding.bind_output("hidden_states", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return out
 
     def _run_per_window(self, windows, layers):
         from concurrent.futures import ThreadPoolExecutor
 
         def one(window):
             ids, types = window
-            return self._hidden(ids[None], types[None], np.ones((1, len(ids)), np.int64))[layers, 0]
+            return self._hidden(ids[None], types[None], np.ones((1, len(ids)), np.int64), layers)[:, 0]
         if self.threads == 1:
             out = [one(w) for w in windows]
         else:

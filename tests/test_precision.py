@@ -1,4 +1,4 @@
-"""int8 (opt-in): agreement with fp32 on every message of msgs100u, and batch independence."""
+"""int8 and fp16 (opt-in): agreement with fp32 on every message of msgs100u, batch independence."""
 import numpy as np
 import pytest
 
@@ -19,19 +19,24 @@ def message_vectors(conn, table):
     return out
 
 
-def test_int8_message_vectors_agree_with_fp32(msgs100u_features):
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_message_vectors_agree_with_fp32(precision, msgs100u_features, capsys):
+    """fp16 is meant for CUDA; here, without a GPU, ONNX Runtime runs its half-precision graph on
+    the CPU (fp16 weights and activations between ops), which is what the export checks too."""
     conn, fp32 = msgs100u_features["conn"], msgs100u_features["summary"]
-    s = bertfeat.add_bert("p", "msgs", "user_id", bert_model=MODEL, precision="int8", bert_keep_msg=True,
+    s = bertfeat.add_bert("p", "msgs", "user_id", bert_model=MODEL, precision=precision, bert_keep_msg=True,
                           model_dir=msgs100u_features["model_dir"], stage_dir=msgs100u_features["stage_dir"],
                           progress=False, **conn)
-    assert s["table"] == fp32["table"].replace("co$msgs", "co_int8$msgs") and s["embedded"] > 0
+    assert s["table"] == fp32["table"].replace("co$msgs", f"co_{precision}$msgs") and s["embedded"] > 0
     a, b = message_vectors(conn, fp32["message_table"]), message_vectors(conn, s["message_table"])
     assert a.keys() == b.keys() and len(a) == 741
     cos = [a[k] @ b[k] / np.linalg.norm(a[k]) / np.linalg.norm(b[k]) for k in a]
     assert min(cos) >= 0.99, min(cos)
-    entry = locate(MODEL, 5, "int8", msgs100u_features["model_dir"])
-    manifest = read_manifest(entry)
-    assert manifest["precision"] == "int8" and manifest["int8_min_window_cosine"] >= 0.99
+    manifest = read_manifest(locate(MODEL, 5, precision, msgs100u_features["model_dir"]))
+    assert manifest["precision"] == precision and manifest["fp32_min_window_cosine"] >= 0.99
+    if precision == "fp16":
+        assert "meant for --device cuda" in capsys.readouterr().err
+        assert manifest["per_window"] is False and min(cos) > 0.9999  # fp16 is far closer than int8
 
 
 def test_int8_window_is_the_same_alone_and_in_a_full_batch(msgs100u_features):
