@@ -132,12 +132,12 @@ def child(args):
     print("RESULT " + json.dumps(result))
 
 
-def run_parts(script, parts, args, work):
+def run_parts(script, parts, args, work, extra=()):
     """Run each part of a benchmark script in a process of its own; {part: its RESULT dict}."""
     results = {}
     for part in parts:
         cmd = [sys.executable, script, "--part", part, "--work", work, "--csv", args.csv,
-               "--limit", str(args.limit), "--model_dir", args.model_dir]
+               "--limit", str(args.limit), "--model_dir", args.model_dir, *extra]
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
         if not line:

@@ -1,6 +1,6 @@
 """Benchmark the runtime alone on the windows SPEC §3 builds from msgs100u (all-MiniLM-L6-v2).
 
-    .venv/bin/python bench/runtime.py [--limit N]
+    .venv/bin/python bench/runtime.py [--limit N] [--device cuda]
 
 All in one run, each in its own process (own peak RSS), same machine:
   (a) PyTorch fp32 eager, batches of 32 windows in corpus order, whole model (what DLATK does)
@@ -9,6 +9,8 @@ All in one run, each in its own process (own peak RSS), same machine:
   (d) bertfeat int8 (per-channel weights, one window per call, 2 calls in parallel)
 plus a --batch_tokens sweep for (c), the FLOP-bound ceiling from a measured GEMM rate, and the
 cold start (fresh process: import, cached export, session, first batch).
+With --device cuda (onnxruntime-gpu and a CUDA torch): (a), (b) and (c) on the GPU, (e) bertfeat
+fp16 instead of (d), and the sweep; the CPU-only GEMM ceiling and cold start are left out.
 """
 import argparse
 import json
@@ -77,7 +79,7 @@ def part(args):
     if args.part in ("a", "b"):
         import torch
         from transformers import AutoModel
-        model = AutoModel.from_pretrained(enc.manifest["source"]).eval()
+        model = AutoModel.from_pretrained(enc.manifest["source"]).eval().to(args.device)
         if args.part == "a":
             batches = [list(range(k, min(k + 32, len(windows)))) for k in range(0, len(windows), 32)]
         else:
@@ -92,25 +94,28 @@ def part(args):
                 for r, i in enumerate(batch):
                     n = lengths[i]
                     ids[r, :n], types[r, :n], mask[r, :n] = windows[i][0], windows[i][1], 1
-                model(input_ids=torch.from_numpy(ids), token_type_ids=torch.from_numpy(types),
-                      attention_mask=torch.from_numpy(mask), output_hidden_states=True)
+                out = model(input_ids=torch.from_numpy(ids).to(args.device),
+                            token_type_ids=torch.from_numpy(types).to(args.device),
+                            attention_mask=torch.from_numpy(mask).to(args.device), output_hidden_states=True)
+                out.hidden_states[-2].cpu()  # the default layer back on the host, as a run needs it
                 padded += ids.size
         return {"seconds": time.perf_counter() - t, "real": real, "padded": padded, "windows": len(windows),
                 "mean_len": real / len(windows)}
     from bertfeat.runtime import Encoder, locate
-    precision = "int8" if args.part == "d" else "fp32"
+    precision = {"d": "int8", "e": "fp16"}.get(args.part, "fp32")
     entry = locate(MODEL, 5, precision, args.model_dir)
     if args.part == "sweep":
         out = {}
         sample = windows[: min(len(windows), 3000)]
         for budget in (512, 1024, 2048, 4096, 8192):
-            e = Encoder(entry, batch_tokens=budget)
+            e = Encoder(entry, device=args.device, batch_tokens=budget)
             e.run(sample[:50], [4])
             t = time.perf_counter()
             e.run(sample, [4])
             out[budget] = sum(len(w[0]) for w in sample) / (time.perf_counter() - t)
         return {"sweep": out}
-    e = Encoder(entry)
+    e = Encoder(entry, device=args.device)
+    e.run(windows[:50], [4])  # warm-up (CUDA kernels, memory arenas)
     t = time.perf_counter()
     for k in range(0, len(windows), 2048):
         e.run(windows[k:k + 2048], [4])
@@ -125,6 +130,7 @@ def main():
     p.add_argument("--model_dir", default=str(ROOT / "models"))
     p.add_argument("--part")
     p.add_argument("--work")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = p.parse_args()
     if args.part:
         result = part(args)
@@ -132,6 +138,8 @@ def main():
         print("RESULT " + json.dumps(result))
         return
     work = tempfile.mkdtemp(prefix="bertfeat-bench-")
+    if args.device == "cuda":
+        return main_cuda(args, work)
     res = run_parts(__file__, ("gemm", "c", "d", "sweep", "cold", "a", "b"), args, work)
     gemm = max(res["gemm"]["gflops"], res["gemm"]["ort_gflops"]) * 1e9
     mean_len = res["a"]["mean_len"]
@@ -160,6 +168,19 @@ def main():
     print("\n--batch_tokens sweep, (c) on up to 3,000 windows: " +
           ", ".join(f"{k}: {v:,.0f} tok/s" for k, v in res["sweep"]["sweep"].items()))
     print(f"cold start (fresh process: import, cached export, session, first batch): {res['cold']['seconds']:.2f} s")
+
+
+def main_cuda(args, work):
+    res = run_parts(__file__, ("c", "e", "sweep", "a", "b"), args, work, ("--device", "cuda"))
+    print(f"msgs100u windows on CUDA: {res['a']['windows']} windows, {res['a']['real']} real tokens\n")
+    print("| run | real tok/s | vs (a) | vs (b) | peak RSS MB |\n|---|---|---|---|---|")
+    base_a, base_b = (res[k]["real"] / res[k]["seconds"] for k in "ab")
+    labels = {"a": "(a) PyTorch fp32 eager, 32/batch, corpus order", "b": "(b) PyTorch fp32 eager, sorted batches",
+              "c": "(c) bertfeat fp32", "e": "(e) bertfeat fp16"}
+    for name in "abce":
+        tps = res[name]["real"] / res[name]["seconds"]
+        print(f"| {labels[name]} | {tps:,.0f} | {tps / base_a:.2f}x | {tps / base_b:.2f}x | {res[name]['peak_rss_mb']:.0f} |")
+    print("\n--batch_tokens sweep, (c): " + ", ".join(f"{k}: {v:,.0f} tok/s" for k, v in res["sweep"]["sweep"].items()))
 
 
 if __name__ == "__main__":

@@ -135,8 +135,11 @@ def run(args):
         did = True
     if args.list_models:
         for name, entry, manifest, size, intact in api.list_models(args.model_dir):
-            info = (f"depth {manifest['depth']}/{manifest['layers']} {manifest['precision']}"
-                    f" max error {manifest['validation_max_error']:.1e}") if manifest else "no manifest"
+            info = "no manifest"
+            if manifest:
+                agreement = (f"max error {manifest['validation_max_error']:.1e}" if manifest["precision"] == "fp32"
+                             else f"min cosine to fp32 {manifest.get('fp32_min_window_cosine', float('nan')):.4f}")
+                info = f"depth {manifest['depth']}/{manifest['layers']} {manifest['precision']} {agreement}"
             print(f"{name}  {size / 1e6:.1f} MB  {info}  {'ok' if intact else 'CORRUPTED'}  {entry}")
         did = True
     if args.add_bert:

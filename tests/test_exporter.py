@@ -234,5 +234,8 @@ def test_export_model_and_list_models_from_the_cli(tiny, tmp_path):
                               capture_output=True, text=True, timeout=300)
     r = cli("--export_model", tiny["distilbert"], "--bert_layers", "0")
     assert r.returncode == 0 and "export_model:" in r.stdout, r.stderr
+    r = cli("--export_model", tiny["distilbert"], "--bert_layers", "0", "--precision", "fp16")
+    assert r.returncode == 0 and "fp16" in r.stderr and "min window cosine to fp32" in r.stderr, r.stderr
     r = cli("--list_models")
-    assert r.returncode == 0 and "depth 1/3 fp32" in r.stdout and " ok " in r.stdout
+    assert r.returncode == 0 and "depth 1/3 fp32 max error" in r.stdout and " ok " in r.stdout
+    assert "depth 1/3 fp16 min cosine to fp32 " in r.stdout

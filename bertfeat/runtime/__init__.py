@@ -118,6 +118,9 @@ class Encoder:
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda"
                      else ["CPUExecutionProvider"])
         self.session = ort.InferenceSession(str(entry / "model.onnx"), options, providers=providers)
+        if self.device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise BertfeatError("onnxruntime-gpu is installed but could not start CUDA (driver, CUDA or"
+                                " cuDNN libraries missing?): fix the CUDA setup, or use --device cpu")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.pad_id = int(self.manifest.get("pad_id") or 0)
         self.windows_run = 0
