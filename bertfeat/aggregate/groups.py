@@ -34,7 +34,7 @@ class Stage:
         self.con.execute("INSERT OR IGNORE INTO stage_settings VALUES (?, ?)",
                          [self.key, json.dumps(settings, sort_keys=True)])
         self.con.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (message_id {id_type} PRIMARY KEY,"
-                         " text_hash VARCHAR, vec DOUBLE[])")
+                         " text_hash VARCHAR, vec FLOAT[])")
         self.con.execute(f"CREATE OR REPLACE TABLE {self.groups} (message_id {id_type}, group_id {group_type})")
 
     def add_groups(self, rows):
