@@ -48,28 +48,23 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
                 return summary
             engine.drop_table(out)
         mid = engine.q(messageid_field, "column name")
-        where, params = "", []
+        last = None
         if engine.table_exists(partial):
             last = engine.query(f"SELECT max({mid}) FROM {engine.q(partial)}")[0][0]
             if last is not None:  # redo the last id: its rows may be half written
                 engine.execute(f"DELETE FROM {engine.q(partial)} WHERE {mid} = ?", [last])
                 engine.commit()
-                where, params = f" AND {mid} >= ?", [last]
                 summary["resumed_after"] = last
                 notice(f"resuming {out} from {messageid_field} {last}")
         else:
             engine.copy_schema(table, partial, message_field)
             engine.commit()
-        total = engine.query(f"SELECT count(*) FROM {engine.q(table)} WHERE {mid} IS NOT NULL{where}",
-                             params)[0][0]
-        null_ids = engine.query(f"SELECT count(*) FROM {engine.q(table)} WHERE {mid} IS NULL")[0][0]
+        total, null_ids, batches = engine.by_id(table, messageid_field, columns, batch_size, from_id=last)
         if null_ids:
             summary["skipped"]["NULL message_id"] = null_ids
         msg_index = columns.index(message_field)
-        select = ", ".join(engine.q(c, "column name") for c in columns)
-        sql = f"SELECT {select} FROM {engine.q(table)} WHERE {mid} IS NOT NULL{where} ORDER BY {mid}"
         with Progress("sentences", total, enabled=progress) as bar:
-            for rows in engine.stream(sql, params, batch_size):
+            for rows in batches:
                 out_rows = []
                 for row in rows:
                     if row[msg_index] is None:

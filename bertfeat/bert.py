@@ -235,11 +235,8 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
         def skip(why, n=1):
             counts["skipped"][why] = counts["skipped"].get(why, 0) + n
 
-        mid_q, grp_q, msg_q = (engine.q(c, "column name") for c in (messageid_field, correl_field, message_field))
-        total = engine.query(f"SELECT count(*) FROM {engine.q(source)}")[0][0]
-        sql = (f"SELECT {mid_q}, {grp_q}, {msg_q} FROM {engine.q(source)}"
-               f" WHERE {mid_q} IS NOT NULL ORDER BY {mid_q}")
-        null_ids = engine.query(f"SELECT count(*) FROM {engine.q(source)} WHERE {mid_q} IS NULL")[0][0]
+        total, null_ids, batches = engine.by_id(source, messageid_field,
+                                                [messageid_field, correl_field, message_field], chunk_messages)
         if null_ids:
             skip("NULL message_id", null_ids)
         from_stoks = source != table
@@ -254,7 +251,7 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
                                   piece_cache)
 
         with Progress("messages", total, enabled=progress) as bar:
-            for rows in engine.stream(sql, [], chunk_messages):
+            for rows in batches:
                 batch = []
                 for mid, gid, message in rows:
                     if mid == last_id:  # rows come in message_id order: repeats are adjacent

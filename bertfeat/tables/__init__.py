@@ -67,6 +67,20 @@ class Engine:
         """Yield lists of at most `batch_size` rows, on a connection of its own (never fetchall)."""
         raise NotImplementedError
 
+    def by_id(self, table, id_field, columns, batch_size=1000, from_id=None):
+        """The rows of `table` with a message id, in id order (from `from_id` on), streamed.
+
+        Returns (how many rows will come, how many rows have a NULL id and never come, the
+        generator of row batches). Both jobs that read a message table in order use this.
+        """
+        mid = self.q(id_field, "column name")
+        where, params = (f" AND {mid} >= ?", [from_id]) if from_id is not None else ("", [])
+        total = self.query(f"SELECT count(*) FROM {self.q(table)} WHERE {mid} IS NOT NULL{where}", params)[0][0]
+        null_ids = self.query(f"SELECT count(*) FROM {self.q(table)} WHERE {mid} IS NULL")[0][0]
+        select = ", ".join(self.q(c, "column name") for c in columns)
+        sql = f"SELECT {select} FROM {self.q(table)} WHERE {mid} IS NOT NULL{where} ORDER BY {mid}"
+        return total, null_ids, self.stream(sql, params, batch_size)
+
     def commit(self):
         raise NotImplementedError
 
