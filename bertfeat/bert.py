@@ -16,7 +16,7 @@ from . import __version__
 from .aggregate import ABBR, AGGREGATIONS, LAYER_AGGREGATIONS
 from .aggregate.groups import Stage
 from .errors import BertfeatError
-from .models import cached_entries, canonical_name, config_layers, model_dir, short_name
+from .models import cached_entries, canonical_name, check_precision, config_layers, model_dir, short_name
 from .progress import Progress, notice
 from .tables import check_name, connect
 
@@ -56,7 +56,8 @@ def normalize_layers(layers, n_layers):
 def feature_name(model, layers, layer_aggs, word_aggs, msg_aggs, no_context, precision="fp32"):
     """SPEC §3 featname; msg_aggs None gives the message-level table's name (no message aggregation).
 
-    Reduced precision appends `_int8`, so it never overwrites the fp32 table of the same settings.
+    Reduced precision appends `_int8` or `_fp16`, so it never overwrites the fp32 table of the same
+    settings.
     """
     name = short_name(model) + "_" + ("noc_" if no_context else "")
     name += "".join(ABBR[a] for a in msg_aggs or [])
@@ -179,8 +180,7 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
              threads=None, model_dir=None, stage_dir=None, progress=None, chunk_messages=256, **conn):
     """Write the SPEC §3 feature table for `table` grouped by `correl_field`; returns a summary."""
     started = time.perf_counter()
-    if precision not in ("fp32", "int8", "fp16"):
-        raise BertfeatError(f"unknown --precision {precision!r}: choose fp32, int8 (CPU) or fp16 (CUDA)")
+    check_precision(precision)
     from .runtime import resolve_device
     if precision == "int8" and device == "cuda":
         raise BertfeatError("--precision int8 runs on the CPU: use --device cpu, or fp32/fp16 on CUDA")

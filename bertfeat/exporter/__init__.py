@@ -19,13 +19,12 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BertfeatError
-from ..models import (FAMILIES, MANIFEST, OFFLINE_PACKAGES, canonical_name, config_layers,
-                      entry_is_intact, file_sha256, fingerprint, model_dir, read_manifest,
-                      safe_dir_name)
+from ..models import (FAMILIES, MANIFEST, OFFLINE_PACKAGES, canonical_name, check_precision,
+                      config_layers, entry_is_intact, file_sha256, fingerprint, model_dir,
+                      read_manifest, safe_dir_name)
 from ..progress import notice
 
 OPSET = 17
-PRECISIONS = ("fp32", "int8", "fp16")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model",
                    "tokenizer.model")
 MIN_COSINE = 0.99  # refuse an int8/fp16 export whose window vectors agree less with fp32
@@ -153,9 +152,7 @@ def _cache_entry(final, force, build):
 
 def export(name, precision="fp32", depth=None, root=None, force=False):
     """Export `name` (up to block `depth`) into the cache and return the entry's folder."""
-    if precision not in PRECISIONS:
-        raise BertfeatError(f"unknown --precision {precision!r}: choose {', '.join(PRECISIONS)}")
-    if precision != "fp32":
+    if check_precision(precision) != "fp32":
         return (export_int8 if precision == "int8" else export_fp16)(name, depth, root, force)
     try:
         import torch
@@ -174,6 +171,7 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
         input_names = ["input_ids", "attention_mask"]
         if "token_type_ids" in inspect.signature(model.forward).parameters:
             input_names.append("token_type_ids")
+        graph_inputs = input_names + ["layers"]  # the blocks to return, picked inside the graph
 
         class Stacked(torch.nn.Module):
             def __init__(self, model):
@@ -187,7 +185,7 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
         wrapper = Stacked(model).eval()
         batch = _validation_batch(tokenizer, input_names, depth)
         with torch.no_grad():  # reference first: tracing can leave the eager model altered
-            reference = wrapper(*[torch.from_numpy(batch[k]) for k in input_names + ["layers"]]).numpy()
+            reference = wrapper(*[torch.from_numpy(batch[k]) for k in graph_inputs]).numpy()
         raw = tmp / "raw.onnx"
         dummy = tuple(torch.from_numpy(batch[k][:2, :9].copy()) for k in input_names)
         dummy += (torch.arange(min(2, depth)),)
@@ -196,7 +194,7 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
         import warnings
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer notes
-            torch.onnx.export(wrapper, dummy, str(raw), input_names=input_names + ["layers"],
+            torch.onnx.export(wrapper, dummy, str(raw), input_names=graph_inputs,
                               output_names=["hidden_states"], dynamic_axes=axes,
                               opset_version=OPSET, dynamo=False)
         chosen, err, optimizations = raw, _validate(raw, batch, reference), []
@@ -218,7 +216,7 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
         return {"name": name, "source": os.path.abspath(src), "fingerprint": final.name,
                 "model_type": model.config.model_type, "layers": layers, "depth": depth,
                 "hidden_size": model.config.hidden_size, "max_positions": _max_positions(model.config),
-                "inputs": input_names + ["layers"], "pad_id": int(tokenizer.pad_token_id or 0), "opset": OPSET,
+                "inputs": graph_inputs, "pad_id": int(tokenizer.pad_token_id or 0), "opset": OPSET,
                 "precision": precision, "optimizations": optimizations, "validation_max_error": float(err),
                 "bertfeat_version": __version__, "torch_version": torch.__version__}
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import BertfeatError
 from ..models import (cached_entries, canonical_name, config_layers, entry_is_intact, fingerprint,
-                      model_dir, read_manifest, safe_dir_name)
+                      model_dir, read_manifest, safe_dir_name, selects_layers)
 from ..progress import notice
 
 DEFAULT_BATCH_TOKENS = 2048  # padded tokens per batch; see bench/README.md
@@ -51,8 +51,8 @@ def locate(name, depth, precision="fp32", root=None):
         entries = [(e, m) for e, m in cached_entries(name, root) if m.get("precision") == precision]
         _check_depth(depth, entries[0][1]["layers"] if entries else None)
         usable = [(e, m) for e, m in entries if m.get("depth", 0) >= depth and entry_is_intact(e, m)]
-        usable.sort(key=lambda em: (em[1]["depth"], "layers" not in em[1]["inputs"]))
-        if usable and usable[0][1]["depth"] == depth and "layers" in usable[0][1]["inputs"]:
+        usable.sort(key=lambda em: (em[1]["depth"], not selects_layers(em[1])))
+        if usable and usable[0][1]["depth"] == depth and selects_layers(usable[0][1]):
             return usable[0][0]
         # usable while a current export cannot be made: an older format, or a few layers too many
         fallbacks = [e for e, _ in usable]
@@ -99,6 +99,7 @@ class Encoder:
         self.depth = self.manifest["depth"]
         self.max_positions = self.manifest["max_positions"]
         self.hidden_size = self.manifest["hidden_size"]
+        self.selects_layers = selects_layers(self.manifest)
         self.batch_tokens = int(batch_tokens or DEFAULT_BATCH_TOKENS)
         if self.batch_tokens < self.max_positions:
             self.batch_tokens = self.max_positions  # one longest window must fit
@@ -225,7 +226,7 @@ class Encoder:
         without token types simply do not take them; exports before 0.2 return every layer.
         """
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "layers": layers}
-        if "layers" not in self.input_names:
+        if not self.selects_layers:
             return self.session.run(["hidden_states"], {k: feeds[k] for k in self.input_names})[0][layers]
         out = np.empty((len(layers), *ids.shape, self.hidden_size), np.float32)
         binding = self.session.io_binding()
