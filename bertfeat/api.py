@@ -5,7 +5,8 @@
     bertfeat.add_sent_tokenized("dla", "msgs")
 
 Connection keywords shared by every function: db_engine ("duckdb" | "mysql"), db_dir,
-mysql_config_file, mysql_host, mysql_port, mysql_user.
+mysql_config_file, mysql_host, mysql_port, mysql_user, lock_timeout (seconds to wait for a DuckDB
+file another process holds).
 """
 import json
 import time
@@ -15,14 +16,17 @@ from .progress import Progress, notice
 from .tables import check_name, connect
 from .tables import importer
 
-CONNECTION_KEYS = ("db_engine", "db_dir", "mysql_config_file", "mysql_host", "mysql_port", "mysql_user")
+CONNECTION_KEYS = ("db_engine", "db_dir", "mysql_config_file", "mysql_host", "mysql_port", "mysql_user",
+                   "lock_timeout")
 
 
-def import_csv(db, table, csv_path, overwrite=False, messageid_field="message_id", progress=None, **conn):
+def import_csv(db, table, csv_path, overwrite=False, messageid_field="message_id", message_field="message",
+               progress=None, **conn):
     """Load a CSV (header row, quoted multi-line fields) into `table`, creating `db` if needed."""
     with connect(db, create=True, **conn) as engine:
         return importer.import_csv(engine, table, csv_path, overwrite=overwrite,
-                                   messageid_field=messageid_field, progress=progress)
+                                   messageid_field=messageid_field, message_field=message_field,
+                                   progress=progress)
 
 
 def add_sent_tokenized(db, table, message_field="message", messageid_field="message_id",
@@ -46,18 +50,27 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
                 notice(f"{out} already exists: nothing to do (pass --overwrite to rebuild it)")
                 summary["written"] = engine.query(f"SELECT count(*) FROM {engine.q(out)}")[0][0]
                 return summary
-            engine.drop_table(out)
         mid = engine.q(messageid_field, "column name")
         last = None
+        # A partial table is resumed only when the message table is what it was when the partial
+        # was started (same ids and texts): otherwise its rows are stale and it starts over.
+        checksum = engine.content_checksum(table, [messageid_field, message_field])
         if engine.table_exists(partial):
-            last = engine.query(f"SELECT max({mid}) FROM {engine.q(partial)}")[0][0]
-            if last is not None:  # redo the last id: its rows may be half written
-                engine.execute(f"DELETE FROM {engine.q(partial)} WHERE {mid} = ?", [last])
-                engine.commit()
-                summary["resumed_after"] = last
-                notice(f"resuming {out} from {messageid_field} {last}")
-        else:
+            if overwrite:
+                engine.drop_table(partial)
+            elif engine.table_comment(partial) != f"bertfeat source {checksum}":
+                notice(f"{table} changed since {partial} was started: starting {out} over")
+                engine.drop_table(partial)
+            else:
+                last = engine.query(f"SELECT max({mid}) FROM {engine.q(partial)}")[0][0]
+                if last is not None:  # redo the last id: its rows may be half written
+                    engine.execute(f"DELETE FROM {engine.q(partial)} WHERE {mid} = ?", [last])
+                    engine.commit()
+                    summary["resumed_after"] = last
+                    notice(f"resuming {out} from {messageid_field} {last}")
+        if not engine.table_exists(partial):
             engine.copy_schema(table, partial, message_field)
+            engine.set_table_comment(partial, f"bertfeat source {checksum}")
             engine.commit()
         total, null_ids, batches = engine.by_id(table, messageid_field, columns, batch_size, from_id=last)
         if null_ids:
@@ -78,7 +91,8 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
                 summary["read"] += len(rows)
                 summary["written"] += len(out_rows)
                 bar.update(len(rows))
-        engine.rename_table(partial, out)
+        engine.set_table_comment(partial, "")
+        engine.swap_in(partial, out)
         engine.commit()
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
@@ -140,6 +154,7 @@ def export_model(bert_model, precision="fp32", model_dir=None, depth=None, bert_
     return export(bert_model, precision=precision, depth=depth, root=model_dir)
 
 
-def list_models(model_dir=None):
+def list_models(model_dir=None, verify=False):
+    """[(name, entry dir, manifest, size, intact)]; `verify=True` re-hashes every file."""
     from .exporter import list_models as run
-    return run(model_dir)
+    return run(model_dir, verify=verify)

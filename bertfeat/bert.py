@@ -14,7 +14,7 @@ import numpy as np
 
 from . import __version__
 from .aggregate import ABBR, AGGREGATIONS, LAYER_AGGREGATIONS
-from .aggregate.groups import Stage
+from .aggregate.groups import Stage, open_stage
 from .errors import BertfeatError
 from .models import cached_entries, canonical_name, check_precision, config_layers, model_dir, short_name
 from .progress import Progress, notice
@@ -181,6 +181,10 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
     """Write the SPEC §3 feature table for `table` grouped by `correl_field`; returns a summary."""
     started = time.perf_counter()
     check_precision(precision)
+    for flag, value in (("--batch_tokens", batch_tokens), ("--threads", threads), ("chunk_messages", chunk_messages)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise BertfeatError(f"{flag} must be a positive whole number (got {value!r}); leave it out"
+                                " for the default")
     from .runtime import resolve_device
     if precision == "int8" and device == "cuda":
         raise BertfeatError("--precision int8 runs on the CPU: use --device cpu, or fp32/fp16 on CUDA")
@@ -199,36 +203,44 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
     check_name(table, "table name")
     check_name(correl_field, "correl field")
     name = canonical_name(bert_model)
-    n_layers = model_layers(name, model_dir)
-    layers = normalize_layers(bert_layers, n_layers)
-    featname = feature_name(name, layers, layer_aggs, word_aggs, msg_aggs, bert_no_context, precision)
-    msg_featname = feature_name(name, layers, layer_aggs, word_aggs, None, bert_no_context, precision)
 
     with connect(db, **conn) as engine:
+        stoks = f"{table}_stoks"
+        source = stoks if engine.table_exists(stoks) else table
+        engine.require_table(source, [messageid_field, correl_field, message_field])
+        mid = engine.q(messageid_field, "column name")
+        if not engine.query(f"SELECT count(*) FROM {engine.q(source)} WHERE {mid} IS NOT NULL")[0][0]:
+            raise BertfeatError(f"no messages in table {source!r} (no row has a {messageid_field}):"
+                                " nothing to embed, no feature table written")
+        stage_path = os.path.join(stage_dir or conn.get("db_dir") or os.environ.get("BERTFEAT_DB_DIR") or ".",
+                                  f"{db}.bertfeat_stage.duckdb")
+        if os.path.exists(stage_path):
+            open_stage(stage_path, lock_timeout=conn.get("lock_timeout")).close()  # unreadable: say so now
+        n_layers = model_layers(name, model_dir)
+        layers = normalize_layers(bert_layers, n_layers)
+        if source == table:
+            notice(f"{stoks} not found: splitting sentences on the fly (run --add_sent_tokenized to keep them)")
+        featname = feature_name(name, layers, layer_aggs, word_aggs, msg_aggs, bert_no_context, precision)
+        msg_featname = feature_name(name, layers, layer_aggs, word_aggs, None, bert_no_context, precision)
         max_len = 64
         feat_table = check_name(table_name(featname, table, correl_field, max_len), "feature table name")
         msg_table = check_name(table_name(msg_featname, table, messageid_field, max_len), "feature table name")
-        stoks = f"{table}_stoks"
-        source = stoks if engine.table_exists(stoks) else table
-        if source == table:
-            engine.require_table(table, [messageid_field, correl_field, message_field])
-            notice(f"{stoks} not found: splitting sentences on the fly (run --add_sent_tokenized to keep them)")
-        else:
-            engine.require_table(source, [messageid_field, correl_field, message_field])
         types = dict(engine.columns(source))
         id_type = _duck_type(types[messageid_field])
         group_type = _duck_type(types[correl_field])
 
         from .runtime import Encoder, locate
-        entry = locate(name, layers[-1] + 1, precision, model_dir)
+        entry = locate(name, layers[-1] + 1, precision, model_dir, verify=True)
         from .models import read_manifest
         manifest = read_manifest(entry)
-        settings = {"model": name, "fingerprint": manifest["fingerprint"], "precision": precision,
+        # the stage key holds the graph's content hash (verified above): vectors computed by any
+        # other file, a corrupted one included, are never reused
+        settings = {"model": name, "fingerprint": manifest["fingerprint"],
+                    "model_sha256": manifest["files"]["model.onnx"], "id_type": id_type,
+                    "precision": precision,
                     "layers": layers, "layer_aggregation": layer_aggs, "word_aggregation": word_aggs,
                     "no_context": bool(bert_no_context)}
-        stage_path = os.path.join(stage_dir or conn.get("db_dir") or os.environ.get("BERTFEAT_DB_DIR") or ".",
-                                  f"{db}.bertfeat_stage.duckdb")
-        stage = Stage(stage_path, settings, id_type, group_type)
+        stage = Stage(stage_path, settings, id_type, group_type, lock_timeout=conn.get("lock_timeout"))
         piece_cache = {}
         counts = {"messages": 0, "reused": 0, "embedded": 0, "skipped": {}}
 
@@ -269,13 +281,17 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
                 _stage_chunk(stage, batch, embed, counts, skip)
                 bar.update(len(rows))
 
+        if not counts["messages"]:
+            why = ", ".join(f"{n} {w}" for w, n in counts["skipped"].items()) or "none"
+            raise BertfeatError(f"no usable messages in table {source!r} (skipped: {why}):"
+                                " no feature table written")
         written = {}
-        stage.close()  # inference is done: the stage is only read from here on
         outputs = [(feat_table, stage.group_features_sql, (msg_aggs,), types[correl_field])]
         if bert_keep_msg:
             outputs.append((msg_table, stage.message_features_sql, (), types[messageid_field]))
         for out_table, make_sql, extra, gtype in outputs:
             written[out_table] = _write_feature_table(engine, stage, out_table, make_sql, extra, gtype)
+        stage.drop_groups()
         groups = engine.query(f"SELECT count(DISTINCT group_id) FROM {engine.q(feat_table)}")[0][0]
         seconds = round(time.perf_counter() - started, 2)
         summary = {"table": feat_table, "message_table": msg_table if bert_keep_msg else None,
@@ -349,45 +365,31 @@ def _sentences(message, from_stoks):
 
 
 def _write_feature_table(engine, stage, out_table, make_sql, extra, group_sql_type):
-    """Write under a temporary name, then rename: an interrupted write never looks complete.
+    """Write under a temporary name unique to this run, then swap it in: an interrupted write
+    never looks complete, concurrent runs never share a name, readers never see no table.
 
     DuckDB reads the stage file directly (rows never pass through Python); MySQL gets batched
     multi-row inserts of the rows the stage computes.
     """
-    tmp = "bertfeat_tmp_" + hashlib.sha1(out_table.encode()).hexdigest()[:12]
-    engine.drop_table(tmp)
-    group_type = group_sql_type if engine.kind == "duckdb" else _mysql_group_type(group_sql_type)
-    engine.create_feature_table(tmp, group_type)
-    columns = ["id", "group_id", "feat", "value", "group_norm"]
-    if engine.kind == "duckdb":
-        sql, params = make_sql(*extra, schema="bertfeat_stage")
-        engine.insert_from_file(tmp, stage.path, "bertfeat_stage", sql, params)
-    else:
-        for rows in stage.rows(*make_sql(*extra)):
-            engine.insert_rows(tmp, columns, rows)
-            engine.commit()
-    n = engine.query(f"SELECT count(*) FROM {engine.q(tmp)}")[0][0]
-    engine.drop_table(out_table)
-    engine.rename_table(tmp, out_table)
+    tmp = engine.temp_name(out_table)
+    engine.create_feature_table(tmp, engine.feature_group_type(group_sql_type))
+    try:
+        engine.insert_staged(tmp, stage, make_sql, extra)
+        n = engine.query(f"SELECT count(*) FROM {engine.q(tmp)}")[0][0]
+        engine.swap_in(tmp, out_table)
+    except BaseException:
+        engine.drop_table(tmp)
+        engine.commit()
+        raise
     engine.index_feature_table(out_table)
     engine.commit()
     return n
 
 
-def _mysql_group_type(sql_type):
-    t = sql_type.lower()
-    if "int" in t:
-        return "BIGINT"
-    if "char" in t and "(" in t:
-        return sql_type
-    return "VARCHAR(255)"
-
-
 def _record_run(engine, feat_table, settings, summary, msg_aggs, featname):
-    if not engine.table_exists(RUNS_TABLE):
-        text = "LONGTEXT" if engine.kind == "mysql" else "VARCHAR"
-        engine.execute(f"CREATE TABLE {engine.q(RUNS_TABLE)} (feat_table VARCHAR(64), created DOUBLE,"
-                       f" bertfeat_version VARCHAR(32), featname {text}, settings {text}, summary {text})")
+    text = engine.long_text_type
+    engine.execute(f"CREATE TABLE IF NOT EXISTS {engine.q(RUNS_TABLE)} (feat_table VARCHAR(64), created DOUBLE,"
+                   f" bertfeat_version VARCHAR(32), featname {text}, settings {text}, summary {text})")
     engine.execute(f"DELETE FROM {engine.q(RUNS_TABLE)} WHERE feat_table = ?", [feat_table])
     engine.execute(f"INSERT INTO {engine.q(RUNS_TABLE)} VALUES (?, ?, ?, ?, ?, ?)",
                    [feat_table, time.time(), __version__, featname,

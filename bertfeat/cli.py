@@ -29,6 +29,8 @@ def build_parser():
     db.add_argument("--mysql_host", default=None, help="override the option file's host")
     db.add_argument("--mysql_port", default=None, type=int, help="override the option file's port")
     db.add_argument("--mysql_user", default=None, help="override the option file's user")
+    db.add_argument("--lock_timeout", type=float, default=None,
+                    help="seconds to wait for a DuckDB file another process holds (default 600)")
 
     actions = p.add_argument_group("Actions")
     actions.add_argument("--import_csv", metavar="FILE",
@@ -65,6 +67,8 @@ def build_parser():
                       help="export cache (default: env BERTFEAT_MODELS, else ./models)")
     bert.add_argument("--export_model", metavar="NAME", help="export NAME into the cache and stop")
     bert.add_argument("--list_models", action="store_true", help="show the export cache")
+    bert.add_argument("--verify_models", action="store_true",
+                      help="show the export cache, re-hashing every file (exit 2 if any entry is corrupted)")
 
     pred = p.add_argument_group("Prediction", "cross-validated models over feature tables (SPEC §5)")
     pred.add_argument("-f", "--feat_table", nargs="+", default=None, help="feature table(s), joined on group id")
@@ -94,7 +98,7 @@ def _aliases(suffix):
 def _conn(args):
     return {"db_engine": args.db_engine, "db_dir": args.db_dir,
             "mysql_config_file": args.mysql_config_file, "mysql_host": args.mysql_host,
-            "mysql_port": args.mysql_port, "mysql_user": args.mysql_user}
+            "mysql_port": args.mysql_port, "mysql_user": args.mysql_user, "lock_timeout": args.lock_timeout}
 
 
 def _need(args, *flags):
@@ -116,7 +120,8 @@ def run(args):
     if args.import_csv:
         _need(args, "corpdb", "corptable")
         s = api.import_csv(args.corpdb, args.corptable, args.import_csv, overwrite=args.overwrite,
-                           messageid_field=args.messageid_field, progress=progress, **_conn(args))
+                           messageid_field=args.messageid_field, message_field=args.message_field,
+                           progress=progress, **_conn(args))
         print(f"import_csv: {s['rows']} rows, {len(s['columns'])} columns -> table {s['table']}")
         did = True
     if args.add_sent_tokenized:
@@ -133,14 +138,19 @@ def run(args):
                                  bert_layers=args.bert_layers)
         print(f"export_model: {args.export_model} -> {entry}")
         did = True
-    if args.list_models:
-        for name, entry, manifest, size, intact in api.list_models(args.model_dir):
+    if args.list_models or args.verify_models:
+        bad = 0
+        for name, entry, manifest, size, intact in api.list_models(args.model_dir, verify=args.verify_models):
+            bad += not intact
             info = "no manifest"
             if manifest:
                 agreement = (f"max error {manifest['validation_max_error']:.1e}" if manifest["precision"] == "fp32"
                              else f"min cosine to fp32 {manifest.get('fp32_min_window_cosine', float('nan')):.4f}")
                 info = f"depth {manifest['depth']}/{manifest['layers']} {manifest['precision']} {agreement}"
             print(f"{name}  {size / 1e6:.1f} MB  {info}  {'ok' if intact else 'CORRUPTED'}  {entry}")
+        if bad and args.verify_models:
+            raise BertfeatError(f"{bad} corrupted cache entr{'y' if bad == 1 else 'ies'}: delete"
+                                " them (the next run that needs one exports it again)")
         did = True
     if args.add_bert:
         _need(args, "corpdb", "corptable", "correl_field")
@@ -195,7 +205,11 @@ def main(argv=None):
     except Exception as e:  # database and driver errors: one line, the traceback only with --debug
         if args.debug or not _is_db_error(e):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        args_ = getattr(e, "args", ())
+        if type(e).__module__.startswith("pymysql") and len(args_) == 2:  # (errno, message)
+            first = f"{args_[0]} {str(args_[1]).strip().splitlines()[0]}"
+        else:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"bertfeat: error: database: {first}", file=sys.stderr)
         return 2
     return 0
@@ -203,7 +217,7 @@ def main(argv=None):
 
 def _is_db_error(e):
     mod = type(e).__module__ or ""
-    return mod.startswith("duckdb") or mod.startswith("_duckdb") or mod.startswith("mysql")
+    return mod.startswith(("duckdb", "_duckdb", "pymysql"))
 
 
 if __name__ == "__main__":

@@ -73,11 +73,13 @@ def read_manifest(entry):
         return None
 
 
-def entry_is_intact(entry, manifest=None):
+def entry_is_intact(entry, manifest=None, full=False):
     """True when every file the manifest lists is there with the recorded hash.
 
     A full check is remembered in `.verified` as each file's (size, mtime): while those are
-    unchanged the hashes are not read again (a model load stays fast), any write re-checks.
+    unchanged the hashes are not read again (listing the cache stays fast), any write re-checks.
+    `full=True` always reads every byte (bytes can change with size and mtime kept): --add_bert
+    does that for the entry it runs (about 1 s for a BERT-base export), --verify_models for all.
     """
     manifest = manifest or read_manifest(entry)
     if not manifest or not manifest.get("files"):
@@ -89,12 +91,16 @@ def entry_is_intact(entry, manifest=None):
         return False
     stamps = {f: [st.st_size, st.st_mtime_ns] for f, st in stats.items()}
     try:
-        if json.loads(stamp_path.read_text()) == {"files": manifest["files"], "stamps": stamps}:
+        if not full and json.loads(stamp_path.read_text()) == {"files": manifest["files"], "stamps": stamps}:
             return True
     except (OSError, ValueError):
         pass
     for fname, digest in manifest["files"].items():
         if file_sha256(Path(entry) / fname) != digest:
+            try:  # every later check, quick or full, must now read the bytes and fail too
+                stamp_path.unlink()
+            except OSError:
+                pass
             return False
     try:
         stamp_path.write_text(json.dumps({"files": manifest["files"], "stamps": stamps}))
@@ -139,8 +145,15 @@ def fingerprint(src, depth, precision, opset=17):
 
 def config_layers(src):
     """Number of transformer blocks from a HF folder's config.json (no transformers import)."""
-    with open(Path(src) / "config.json") as f:
-        config = json.load(f)
+    path = Path(src) / "config.json"
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise BertfeatError(f"{src} is a folder but not a Hugging Face model: it has no config.json"
+                            " (pass a model folder or a Hugging Face id to --bert_model)") from None
+    except (OSError, ValueError) as e:
+        raise BertfeatError(f"cannot read {path}: {e}") from None
     if config.get("model_type") not in FAMILIES or config.get("is_encoder_decoder"):
         raise BertfeatError(
             f"unsupported architecture {config.get('model_type')!r}: bertfeat exports encoder models"

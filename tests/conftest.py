@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MSGS_CSV = SHARED / "data" / "msgs100u.csv"
-USERS_CSV = SHARED / "data" / "users100.csv"
+DATA = Path(__file__).resolve().parent / "data"  # copied from shared/data (see data/README.md)
+MSGS_CSV = DATA / "msgs100u.csv"
+USERS_CSV = DATA / "users100.csv"
 MYSQL = {"db_engine": "mysql", "mysql_host": os.environ.get("BERTFEAT_TEST_MYSQL_HOST", "127.0.0.1"),
          "mysql_port": int(os.environ.get("BERTFEAT_TEST_MYSQL_PORT", "3306")),
          "mysql_user": os.environ.get("BERTFEAT_TEST_MYSQL_USER", "root"),
@@ -17,7 +17,7 @@ MYSQL = {"db_engine": "mysql", "mysql_host": os.environ.get("BERTFEAT_TEST_MYSQL
 @pytest.fixture(scope="session")
 def msgs_csv():
     if not MSGS_CSV.exists():
-        pytest.skip(f"real-text data not found at {MSGS_CSV} (../shared beside the checkout is absent)")
+        pytest.fail(f"real-text data missing: {MSGS_CSV}")
     return str(MSGS_CSV)
 
 
@@ -28,13 +28,13 @@ def duck(tmp_path):
 
 
 def _mysql_reachable():
-    import mysql.connector
+    import pymysql
     try:
-        con = mysql.connector.connect(host=MYSQL["mysql_host"], port=MYSQL["mysql_port"],
-                                      user=MYSQL["mysql_user"], connection_timeout=3)
+        con = pymysql.connect(host=MYSQL["mysql_host"], port=MYSQL["mysql_port"],
+                              user=MYSQL["mysql_user"], connect_timeout=3)
         con.close()
         return None
-    except mysql.connector.Error as e:
+    except pymysql.err.MySQLError as e:
         return str(e)
 
 
@@ -46,11 +46,11 @@ def mysql_db():
         if os.environ.get("BERTFEAT_REQUIRE_MYSQL"):
             pytest.fail(f"MySQL required (BERTFEAT_REQUIRE_MYSQL) but unreachable: {problem}")
         pytest.skip(f"no MySQL/MariaDB server at {MYSQL['mysql_host']}:{MYSQL['mysql_port']}: {problem}")
-    import mysql.connector
+    import pymysql
     name = f"bertfeat_test_{uuid.uuid4().hex[:10]}"
     yield name, dict(MYSQL)
-    con = mysql.connector.connect(host=MYSQL["mysql_host"], port=MYSQL["mysql_port"],
-                                  user=MYSQL["mysql_user"])
+    con = pymysql.connect(host=MYSQL["mysql_host"], port=MYSQL["mysql_port"],
+                          user=MYSQL["mysql_user"])
     con.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
     con.close()
 

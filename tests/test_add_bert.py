@@ -218,9 +218,14 @@ def test_empty_table_empty_group_and_invalid_json(model_cache, tmp_path):
     with connect("e", create=True, **conn) as engine:
         engine.execute("CREATE TABLE msgs_stoks (message_id BIGINT, user_id BIGINT, message VARCHAR)")
         engine.execute("CREATE TABLE msgs (message_id BIGINT, user_id BIGINT, message VARCHAR)")
-    s = run("e", conn, model_cache, tmp_path)
-    assert s["groups"] == 0 and s["messages"] == 0
+    with pytest.raises(bertfeat.BertfeatError, match="no messages in table 'msgs_stoks'"):
+        run("e", conn, model_cache, tmp_path)
     with connect("e", **conn) as engine:
+        engine.insert_rows("msgs_stoks", ["message_id", "user_id", "message"], [(9, 9, "[]")])
+    with pytest.raises(bertfeat.BertfeatError, match="no usable messages .* 1 no sentences"):
+        run("e", conn, model_cache, tmp_path)
+    with connect("e", **conn) as engine:
+        engine.execute("DELETE FROM msgs_stoks")
         engine.insert_rows("msgs_stoks", ["message_id", "user_id", "message"], [
             (1, 7, json.dumps(["Hello there.", "How are you?"])), (2, 7, "not json ["),
             (3, 8, json.dumps([])), (4, 8, json.dumps(["   "])), (5, None, json.dumps(["x"])),

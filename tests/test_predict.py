@@ -107,3 +107,16 @@ def test_two_feature_tables_are_joined_on_group_id(tmp_path):
     both = nfold_test("s", ["feat$a$m$user_id$16to16", "feat$b$m$user_id$16to16"], "o", "y", folds=5,
                       quiet=True, **conn)["y"][()][1]
     assert both["num_features"] == 30 and both["N"] == 199 and both["r"] > 0.9
+
+
+def test_classifier_with_ten_groups_sizes_its_inner_cv(tmp_path):
+    conn = _planted(tmp_path, False)
+    with connect("s", **conn) as engine:  # 10 groups, 5 per class
+        engine.execute("DELETE FROM o WHERE user_id NOT IN (SELECT user_id FROM o WHERE label = 'hi'"
+                       " ORDER BY user_id LIMIT 5) AND user_id NOT IN (SELECT user_id FROM o WHERE"
+                       " label = 'lo' ORDER BY user_id LIMIT 5)")
+    res = nfold_test("s", "feat$x$m$user_id$16to16", "o", "label", folds=2, classify=True, quiet=True,
+                     **conn)["label"][()][1]
+    assert res["N"] == 10 and "cv=2" in res["{model_desc}"]
+    with pytest.raises(bertfeat.BertfeatError, match="smallest class has 5 groups, too few for 10 folds"):
+        nfold_test("s", "feat$x$m$user_id$16to16", "o", "label", folds=10, classify=True, quiet=True, **conn)

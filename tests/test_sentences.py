@@ -105,9 +105,12 @@ def test_interrupted_run_resumes_to_the_same_table(msgs_csv, duck):
     bertfeat.add_sent_tokenized("full", "msgs", progress=False, **duck)
     expected = _stoks("full", duck)
     bertfeat.import_csv("cut", "msgs", msgs_csv, progress=False, **duck)
-    # A run that died after writing part of its output: the partial table holds the first 300 ids.
+    # A run that died after writing part of its output: the partial table holds the first 300 ids
+    # and, as a real run leaves it, the fingerprint of the message table it was started from.
     with connect("cut", **duck) as engine:
         engine.copy_schema("msgs", "msgs_stoks__partial", "message")
+        engine.set_table_comment("msgs_stoks__partial", "bertfeat source "
+                                 + engine.content_checksum("msgs", ["message_id", "message"]))
         engine.insert_rows("msgs_stoks__partial", ["message_id", "user_id", "created_date", "message"],
                            [list(r) for r in expected[:300]])
     s = bertfeat.add_sent_tokenized("cut", "msgs", progress=False, **duck)

@@ -5,13 +5,16 @@ precision, layers, layer and word aggregations, context mode): one table per key
 (message_id, text_hash, vec). Message aggregation only reads it, so changing
 --bert_msg_aggregation or asking for the message-level table needs no inference.
 """
+import contextlib
 import hashlib
 import json
 import os
+import uuid
 
 import duckdb
 
-from ..tables.duck import insert_columns
+from ..errors import BertfeatError
+from ..tables.duck import insert_columns, waiting_for_lock
 from . import ABBR
 
 DUCK_AGG = {"mean": "avg", "median": "median", "max": "max", "min": "min", "sum": "sum",
@@ -22,46 +25,82 @@ def stage_key(settings):
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _unusable(path, e):
+    return BertfeatError(
+        f"cannot use the stage file {path} ({str(e).strip().splitlines()[0][:160]}): it only caches"
+        " message vectors, so delete it and run again (finished messages are recomputed)")
+
+
+def open_stage(path, read_only=False, lock_timeout=None):
+    """A connection to the stage file (waiting while another run holds it); an unreadable file is
+    a one-line error that says what to do."""
+    try:
+        return waiting_for_lock(lambda: duckdb.connect(path, read_only=read_only), path, lock_timeout)
+    except duckdb.Error as e:
+        raise _unusable(path, e) from e
+
+
 class Stage:
-    def __init__(self, path, settings, id_type, group_type):
+    """The stage file, opened per operation (a chunk's lookup, its write) like the database, so
+    concurrent runs sharing it interleave instead of failing. This run's (message, group) rows go
+    to a table of its own."""
+
+    def __init__(self, path, settings, id_type, group_type, lock_timeout=None):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
-        self.con = duckdb.connect(path)
+        self.lock_timeout = lock_timeout
         self.key = stage_key(settings)
         self.table = f"vec_{self.key}"
-        self.groups = f"groups_{self.key}"
-        self.con.execute("CREATE TABLE IF NOT EXISTS stage_settings (key VARCHAR PRIMARY KEY, settings VARCHAR)")
-        self.con.execute("INSERT OR IGNORE INTO stage_settings VALUES (?, ?)",
-                         [self.key, json.dumps(settings, sort_keys=True)])
-        self.con.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (message_id {id_type} PRIMARY KEY,"
-                         " text_hash VARCHAR, vec FLOAT[])")
-        self.con.execute(f"CREATE OR REPLACE TABLE {self.groups} (message_id {id_type}, group_id {group_type})")
+        self.groups = f"groups_{self.key}_{uuid.uuid4().hex[:8]}"
+        with self._connection() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS stage_settings (key VARCHAR PRIMARY KEY, settings VARCHAR)")
+            con.execute("INSERT OR IGNORE INTO stage_settings VALUES (?, ?)",
+                        [self.key, json.dumps(settings, sort_keys=True)])
+            con.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (message_id {id_type} PRIMARY KEY,"
+                        " text_hash VARCHAR, vec FLOAT[])")
+            con.execute(f"CREATE TABLE {self.groups} (message_id {id_type}, group_id {group_type})")
+
+    @contextlib.contextmanager
+    def _connection(self, read_only=False):
+        con = open_stage(self.path, read_only, self.lock_timeout)
+        try:
+            yield con
+        finally:
+            con.close()
 
     def add_groups(self, rows):
         """(message_id, group_id) of the messages this run uses."""
         if rows:
-            insert_columns(self.con, self.groups, ["message_id", "group_id"], rows)
+            with self._connection() as con:
+                insert_columns(con, self.groups, ["message_id", "group_id"], rows)
 
     def staged(self, message_ids, text_hashes):
         """{message_id: text_hash} already staged, and {text_hash: vec} for the given hashes."""
         # semi-joins against the chunk's keys (hash joins), not a per-row list search
-        done = dict(self.con.execute(
-            f"SELECT message_id, text_hash FROM {self.table} WHERE message_id IN (SELECT unnest(?))",
-            [list(message_ids)]).fetchall())
-        by_hash = dict(self.con.execute(
-            f"SELECT text_hash, any_value(vec) FROM {self.table} WHERE text_hash IN (SELECT unnest(?))"
-            " GROUP BY text_hash", [list(set(text_hashes))]).fetchall())
+        with self._connection() as con:
+            done = dict(con.execute(
+                f"SELECT message_id, text_hash FROM {self.table} WHERE message_id IN (SELECT unnest(?))",
+                [list(message_ids)]).fetchall())
+            by_hash = dict(con.execute(
+                f"SELECT text_hash, any_value(vec) FROM {self.table} WHERE text_hash IN (SELECT unnest(?))"
+                " GROUP BY text_hash", [list(set(text_hashes))]).fetchall())
         return done, by_hash
 
     def put(self, rows):
         """Stage (message_id, text_hash, vec) rows in one transaction (a kill leaves whole chunks)."""
         if rows:
-            self.con.execute("BEGIN")
-            self.con.execute(f"DELETE FROM {self.table} WHERE message_id IN (SELECT unnest(?))",
-                             [[m for m, _, _ in rows]])
-            insert_columns(self.con, self.table, ["message_id", "text_hash", "vec"],
-                           [(m, h, v.tolist()) for m, h, v in rows])
-            self.con.execute("COMMIT")
+            with self._connection() as con:
+                con.execute("BEGIN")
+                con.execute(f"DELETE FROM {self.table} WHERE message_id IN (SELECT unnest(?))",
+                            [[m for m, _, _ in rows]])
+                insert_columns(con, self.table, ["message_id", "text_hash", "vec"],
+                               [(m, h, v.tolist()) for m, h, v in rows])
+                con.execute("COMMIT")
+
+    def drop_groups(self):
+        """Forget this run's (message, group) rows once its tables are written."""
+        with self._connection() as con:
+            con.execute(f"DROP TABLE IF EXISTS {self.groups}")
 
     def group_features_sql(self, aggregations, schema=None):
         """(SQL, params) giving the feature table's rows (id, group_id, feat, value, group_norm).
@@ -97,10 +136,10 @@ class Stage:
 
     def rows(self, sql, params, batch_size=50_000):
         """Run one of the *_sql queries on a read-only connection to the stage file, in batches."""
-        with duckdb.connect(self.path, read_only=True) as con:
+        with self._connection(read_only=True) as con:
             cur = con.execute(sql, params)
             while batch := cur.fetchmany(batch_size):
                 yield batch
 
     def close(self):
-        self.con.close()
+        pass  # nothing is held between operations

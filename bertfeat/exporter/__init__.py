@@ -339,8 +339,10 @@ def _fuse(raw, target, config):
         return None
 
 
-def list_models(root=None):
-    """[(name, entry dir, manifest, size in bytes, intact)] for every cache entry."""
+def list_models(root=None, verify=False):
+    """[(name, entry dir, manifest, size in bytes, intact)] for every cache entry.
+
+    `verify=True` re-hashes every file (see models.entry_is_intact)."""
     out = []
     base = model_dir(root)
     if not base.is_dir():
@@ -350,7 +352,7 @@ def list_models(root=None):
             manifest = read_manifest(entry)
             size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
             out.append((manifest["name"] if manifest else model_folder.name, entry, manifest, size,
-                        entry_is_intact(entry, manifest)))
+                        entry_is_intact(entry, manifest, full=verify)))
     return out
 
 

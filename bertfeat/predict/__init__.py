@@ -70,14 +70,14 @@ def _se(values):
     return float(np.std(values) / math.sqrt(len(values)))
 
 
-def _model(kind, alpha):
+def _model(kind, alpha, inner_folds=5):
     from sklearn.linear_model import LogisticRegressionCV, Ridge, RidgeCV
     if kind == "ridgecv":
         return RidgeCV(alphas=np.array(RIDGE_ALPHAS))
     if kind == "ridge":
         return Ridge(alpha=alpha)
-    if kind == "lr":
-        return LogisticRegressionCV(Cs=10, max_iter=2000)
+    if kind == "lr":  # C chosen by an inner stratified CV, never more folds than a class has groups
+        return LogisticRegressionCV(Cs=10, max_iter=2000, cv=inner_folds)
     raise BertfeatError(f"unknown --model {kind!r}: choose ridgecv or ridge (regression), lr (classifiers)")
 
 
@@ -170,6 +170,14 @@ def nfold_test(db, feat_tables, outcome_table, outcomes, correl_field="user_id",
         xs = x[idx]
         if classify:
             y = np.array([str(v) for v in y])
+            smallest = min(np.unique(y, return_counts=True)[1])
+            # each training fold holds about (folds - 1) / folds of the smallest class
+            inner = int(min(5, smallest * (folds - 1) // folds))
+            if smallest < folds or inner < 2:
+                raise BertfeatError(
+                    f"outcome {outcome!r}: its smallest class has {smallest} groups, too few for"
+                    f" {folds} folds with an inner CV for lr (each class needs at least"
+                    f" {max(folds, math.ceil(2 * folds / (folds - 1)))} groups): use fewer --folds or more groups")
             splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
         else:
             splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -180,7 +188,7 @@ def nfold_test(db, feat_tables, outcome_table, outcomes, correl_field="user_id",
         desc = None
         for f, (tr, te) in enumerate(splitter.split(xs, y)):
             scaler = StandardScaler().fit(xs[tr])
-            est = _model(model, alpha).fit(scaler.transform(xs[tr]), y[tr])
+            est = _model(model, alpha, inner if classify else 5).fit(scaler.transform(xs[tr]), y[tr])
             pred[te] = est.predict(scaler.transform(xs[te]))
             if classify:
                 p = est.predict_proba(scaler.transform(xs[te]))

@@ -33,24 +33,26 @@ def physical_cores():
         return os.cpu_count() or 1
 
 
-def locate(name, depth, precision="fp32", root=None):
+def locate(name, depth, precision="fp32", root=None, verify=False):
     """The cache entry for `name` up to block `depth`, exporting it first when needed.
 
     Order: a local directory (fingerprinted, so edits re-export) -> the export cache -> export
-    (which finds the model in the HF cache, an offline package, or downloads it).
+    (which finds the model in the HF cache, an offline package, or downloads it). `verify=True`
+    re-hashes the candidate entries in full (a corrupted one is exported again, never used).
     """
     name = canonical_name(name)
     if os.path.isdir(name):
         n_layers = config_layers(name)
         _check_depth(depth, n_layers)
         entry = model_dir(root) / safe_dir_name(name) / fingerprint(name, depth, precision)
-        if entry.is_dir() and entry_is_intact(entry):
+        if entry.is_dir() and entry_is_intact(entry, full=verify):
             return entry
         fallbacks = []
     else:
         entries = [(e, m) for e, m in cached_entries(name, root) if m.get("precision") == precision]
         _check_depth(depth, entries[0][1]["layers"] if entries else None)
-        usable = [(e, m) for e, m in entries if m.get("depth", 0) >= depth and entry_is_intact(e, m)]
+        usable = [(e, m) for e, m in entries
+                  if m.get("depth", 0) >= depth and entry_is_intact(e, m, full=verify)]
         usable.sort(key=lambda em: (em[1]["depth"], not selects_layers(em[1])))
         if usable and usable[0][1]["depth"] == depth and selects_layers(usable[0][1]):
             return usable[0][0]
@@ -86,6 +88,10 @@ def _can_export():
     return importlib.util.find_spec("torch") is not None
 
 
+class CorruptedEntry(BertfeatError):
+    """An export cache entry that ONNX Runtime cannot load."""
+
+
 class Encoder:
     """An ONNX Runtime session over one cache entry, plus its tokenizer and window template."""
 
@@ -118,7 +124,15 @@ class Encoder:
         self.device = resolve_device(device)
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda"
                      else ["CPUExecutionProvider"])
-        self.session = ort.InferenceSession(str(entry / "model.onnx"), options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(entry / "model.onnx"), options, providers=providers)
+        except Exception as e:  # ONNX Runtime raises its own classes for unreadable graphs
+            if type(e).__module__.startswith("onnxruntime"):
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise CorruptedEntry(f"cannot load {entry / 'model.onnx'} ({first[:200]}): the cache"
+                                     " entry is corrupted; delete that folder (the next run exports"
+                                     " it again), or run bertfeat --verify_models") from e
+            raise
         if self.device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             raise BertfeatError("onnxruntime-gpu is installed but could not start CUDA (driver, CUDA or"
                                 " cuDNN libraries missing?): fix the CUDA setup, or use --device cpu")

@@ -6,6 +6,7 @@ the MySQL engine maps them to the driver's `%s`.
 """
 import os
 import re
+import uuid
 
 from ..errors import BertfeatError
 
@@ -15,25 +16,26 @@ ENGINES = ("duckdb", "mysql")
 
 def check_name(name, what="name", max_len=64):
     """Return `name` if it is a safe SQL identifier; else raise a one-line error saying why."""
+    shown = repr(name[:60] + "…" if isinstance(name, str) and len(name) > 60 else name)
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise BertfeatError(
-            f"invalid {what} {name!r}: use only letters, digits, '_' and '$'"
-        )
+        raise BertfeatError(f"invalid {what} {shown}: use only letters, digits, '_' and '$'")
     if len(name) > max_len:
-        raise BertfeatError(f"invalid {what} {name!r}: longer than {max_len} characters")
+        raise BertfeatError(f"invalid {what} {shown}: longer than {max_len} characters")
     return name
 
 
 def connect(db, db_engine="duckdb", db_dir=None, mysql_config_file=None, mysql_host=None,
-            mysql_port=None, mysql_user=None, create=False):
-    """Open database `db` on the chosen engine. `create=True` creates it when missing."""
+            mysql_port=None, mysql_user=None, lock_timeout=None, create=False):
+    """Open database `db` on the chosen engine. `create=True` creates it when missing.
+
+    `lock_timeout`: seconds to wait for a DuckDB file that another process holds (default 600)."""
     if db_engine not in ENGINES:
         raise BertfeatError(f"unknown --db_engine {db_engine!r}: choose one of {', '.join(ENGINES)}")
     check_name(db, "database name")
     if db_engine == "duckdb":
         from .duck import DuckEngine
         db_dir = db_dir or os.environ.get("BERTFEAT_DB_DIR") or "."
-        return DuckEngine(db, db_dir, create=create)
+        return DuckEngine(db, db_dir, create=create, lock_timeout=lock_timeout)
     from .mysql import MySQLEngine
     return MySQLEngine(db, config_file=mysql_config_file, host=mysql_host, port=mysql_port,
                        user=mysql_user, create=create)
@@ -129,12 +131,65 @@ class Engine:
         """Create empty `dst` with `src`'s columns, `text_column` widened to hold long text."""
         raise NotImplementedError
 
+    # --- bookkeeping for resumable work: a note kept with the table itself ------------------
+    def table_comment(self, table):
+        raise NotImplementedError
+
+    def set_table_comment(self, table, text):
+        raise NotImplementedError
+
+    def content_checksum(self, table, columns):
+        """A fingerprint of `table`'s `columns` over all rows (row count and a hash sum): equal
+        before and after means the rows are, with overwhelming probability, the same."""
+        raise NotImplementedError
+
+    def temp_name(self, table):
+        """A fresh table name for writing `table` before it is swapped in: unique to this run, so
+        concurrent runs never share one; `bertfeat_tmp_` marks leftovers of killed runs."""
+        return f"bertfeat_tmp_{uuid.uuid4().hex[:16]}"
+
+    def create_table(self, table, columns):
+        """CREATE TABLE from [(name, SQL type, is primary key)]."""
+        defs = ", ".join(f"{self.q(n, 'column name')} {t}{' PRIMARY KEY' if pk else ''}"
+                         for n, t, pk in columns)
+        self.execute(f"CREATE TABLE {self.q(table)} ({defs}){self.table_options}")
+
+    table_options = ""
+
+    def csv_column_type(self, duck_type, longest=None):
+        """This engine's column type for a CSV column DuckDB typed `duck_type` (text: `longest` chars)."""
+        return duck_type
+
+    def swap_in(self, tmp, table):
+        """Replace `table` (if any) by the complete `tmp` in one step: readers see the old table or
+        the new one, never neither."""
+        raise NotImplementedError
+
+    def insert_select(self, table, columns, reader, sql, params, advance=lambda n: None):
+        """INSERT INTO `table` the rows of `sql` run on DuckDB connection `reader`, in batches."""
+        cur = reader.execute(sql, params)
+        while rows := cur.fetchmany(2000):
+            self.insert_rows(table, columns, rows)
+            advance(len(rows))
+
     def insert_rows(self, table, columns, rows):
         if not rows:
             return
         cols = ", ".join(self.q(c, "column name") for c in columns)
         marks = ", ".join("?" for _ in columns)
         self.executemany(f"INSERT INTO {self.q(table)} ({cols}) VALUES ({marks})", rows)
+
+    long_text_type = "VARCHAR"
+
+    def feature_group_type(self, source_type):
+        """The feature table's group_id type for a correl field of SQL type `source_type`."""
+        return source_type
+
+    def insert_staged(self, table, stage, make_sql, extra):
+        """INSERT INTO `table` the rows the stage computes with `make_sql(*extra)`."""
+        for rows in stage.rows(*make_sql(*extra)):
+            self.insert_rows(table, ["id", "group_id", "feat", "value", "group_norm"], rows)
+            self.commit()
 
     def create_feature_table(self, table, group_type):
         """DLATK feature table: id, group_id, feat, value, group_norm, indexed on group_id and feat."""

@@ -1,70 +1,145 @@
 """DuckDB engine: database `NAME` is the file `<db_dir>/NAME.duckdb`."""
+import contextlib
 import hashlib
 import os
+import re
+import time
 
 import duckdb
 
 from ..errors import BertfeatError
+from ..progress import notice
 from . import Engine
 
 
+DEFAULT_LOCK_TIMEOUT = 600.0  # seconds a run waits for a DuckDB file another process holds
+
+
 class DuckEngine(Engine):
+    """DuckDB lets one process at a time open a database file for writing, and none while another
+    writes. So the file is opened per operation (a chunk read, a write) and closed right after:
+    during an hours-long --add_bert, --ls, a notebook or a second run get in between chunks.
+    `hold()` keeps one connection for a multi-statement step (a transaction). A file another
+    process holds is waited for, with a notice, up to `lock_timeout` seconds."""
     kind = "duckdb"
 
-    def __init__(self, db, db_dir, create=False):
+    def __init__(self, db, db_dir, create=False, lock_timeout=None):
         self.db = db
         self.path = os.path.join(db_dir, f"{db}.duckdb")
+        self.lock_timeout = DEFAULT_LOCK_TIMEOUT if lock_timeout is None else float(lock_timeout)
+        self._con, self._holds = None, 0
         if not create and not os.path.exists(self.path):
             raise BertfeatError(
                 f"database {db!r} not found: no file {self.path} (import data with --import_csv FILE,"
                 " or point --db_dir / BERTFEAT_DB_DIR at the folder that holds it)")
         if create:
             os.makedirs(db_dir, exist_ok=True)
+        with self.hold():
+            pass  # the file opens (or waits for its lock) here, before any work
+
+    def _open(self):
         try:
-            self.con = duckdb.connect(self.path)
+            return waiting_for_lock(lambda: duckdb.connect(self.path), self.path, self.lock_timeout)
         except duckdb.Error as e:
-            raise BertfeatError(f"cannot open DuckDB file {self.path}: {str(e).splitlines()[0]}") from e
+            first = str(e).strip().splitlines()[0]
+            raise BertfeatError(f"cannot open DuckDB file {self.path}: {first}") from e
+
+    @contextlib.contextmanager
+    def hold(self):
+        """One connection for the block (nested holds share it); closed when the outermost ends."""
+        if self._con is None:
+            self._con = self._open()
+        self._holds += 1
+        try:
+            yield self._con
+        finally:
+            self._holds -= 1
+            if self._holds == 0:
+                con, self._con = self._con, None
+                con.close()
+
+    @property
+    def con(self):
+        if self._con is None:
+            raise RuntimeError("DuckEngine.con outside hold()")
+        return self._con
 
     def quote(self, name):
         return '"' + name.replace('"', '""') + '"'
 
     def execute(self, sql, params=()):
-        self.con.execute(sql, list(params))
+        with self.hold() as con:
+            con.execute(sql, list(params))
 
     def executemany(self, sql, rows):
-        self.con.executemany(sql, [list(r) for r in rows])
+        with self.hold() as con:
+            con.executemany(sql, [list(r) for r in rows])
 
     def insert_rows(self, table, columns, rows):
         # One statement with a list per column: DuckDB's executemany is row-at-a-time and slow.
         if rows:
-            insert_columns(self.con, self.q(table), [self.q(c, "column name") for c in columns], rows)
+            with self.hold() as con:
+                insert_columns(con, self.q(table), [self.q(c, "column name") for c in columns], rows)
 
     def query(self, sql, params=()):
-        return self.con.execute(sql, list(params)).fetchall()
+        with self.hold() as con:
+            return con.execute(sql, list(params)).fetchall()
 
     def stream(self, sql, params=(), batch_size=1000):
-        cur = self.con.cursor()
-        try:
-            cur.execute(sql, list(params))
-            while rows := cur.fetchmany(batch_size):
-                yield rows
-        finally:
-            cur.close()
+        with self.hold() as con:  # the file stays open while the caller reads: keep such reads short
+            cur = con.cursor()
+            try:
+                cur.execute(sql, list(params))
+                while rows := cur.fetchmany(batch_size):
+                    yield rows
+            finally:
+                cur.close()
+
+    def by_id(self, table, id_field, columns, batch_size=1000, from_id=None):
+        """As Engine.by_id, but each batch is its own short read (keyset on (id, rowid)), so the
+        file is free between batches however long the caller works on each."""
+        mid = self.q(id_field, "column name")
+        where, params = (f" AND {mid} >= ?", [from_id]) if from_id is not None else ("", [])
+        total = self.query(f"SELECT count(*) FROM {self.q(table)} WHERE {mid} IS NOT NULL{where}", params)[0][0]
+        null_ids = self.query(f"SELECT count(*) FROM {self.q(table)} WHERE {mid} IS NULL")[0][0]
+        select = ", ".join(self.q(c, "column name") for c in columns)
+        base = f"SELECT {select}, {mid}, rowid FROM {self.q(table)} WHERE {mid} IS NOT NULL{where}"
+        n = len(columns)
+
+        def batches():
+            after = None
+            while True:
+                sql, args = base, list(params)
+                if after is not None:
+                    sql += f" AND ({mid} > ? OR ({mid} = ? AND rowid > ?))"
+                    args += [after[0], after[0], after[1]]
+                rows = self.query(sql + f" ORDER BY {mid}, rowid LIMIT {int(batch_size)}", args)
+                if not rows:
+                    return
+                after = rows[-1][n:]
+                yield [r[:n] for r in rows]
+        return total, null_ids, batches()
 
     def insert_from_file(self, table, path, alias, sql, params):
         """INSERT INTO table the rows of `sql`, run here over DuckDB file `path` attached read-only
         as `alias`: the rows never pass through Python."""
-        self.execute(f"ATTACH ? AS {self.q(alias)} (READ_ONLY)", [path])
-        try:
-            self.execute(f"INSERT INTO {self.q(table)} {sql}", params)
-        finally:
-            self.execute(f"DETACH {self.q(alias)}")
+        with self.hold() as con:
+            waiting_for_lock(lambda: con.execute(f"ATTACH ? AS {self.q(alias)} (READ_ONLY)", [path]),
+                             path, self.lock_timeout)
+            try:
+                self.execute(f"INSERT INTO {self.q(table)} {sql}", params)
+            finally:
+                self.execute(f"DETACH {self.q(alias)}")
+
+    def insert_staged(self, table, stage, make_sql, extra):
+        sql, params = make_sql(*extra, schema="bertfeat_stage")
+        self.insert_from_file(table, stage.path, "bertfeat_stage", sql, params)
 
     def commit(self):
         pass  # autocommit: each statement is its own transaction
 
     def close(self):
-        self.con.close()
+        pass  # nothing is held between operations
 
     def tables(self):
         return [r[0] for r in self.query(
@@ -78,6 +153,36 @@ class DuckEngine(Engine):
 
     def rename_table(self, old, new):
         self.execute(f"ALTER TABLE {self.q(old)} RENAME TO {self.q(new)}")
+
+    def table_comment(self, table):
+        rows = self.query("SELECT comment FROM duckdb_tables() WHERE schema_name = 'main'"
+                          " AND table_name = ?", [table])
+        return rows[0][0] if rows else None
+
+    def set_table_comment(self, table, text):
+        literal = "'" + text.replace("'", "''") + "'"  # COMMENT ON takes no parameters
+        self.execute(f"COMMENT ON TABLE {self.q(table)} IS {literal}")
+
+    def content_checksum(self, table, columns):
+        cols = ", ".join(self.q(c, "column name") for c in columns)
+        n, total = self.query(f"SELECT count(*), sum(hash({cols})::HUGEINT) FROM {self.q(table)}")[0]
+        return f"{n}:{total or 0}"
+
+    def swap_in(self, tmp, table):
+        with self.hold():
+            self.execute("BEGIN")
+            try:
+                self.execute(f"DROP TABLE IF EXISTS {self.q(table)}")
+                self.execute(f"ALTER TABLE {self.q(tmp)} RENAME TO {self.q(table)}")
+                self.execute("COMMIT")
+            except BaseException:
+                self.execute("ROLLBACK")
+                raise
+
+    def insert_select(self, table, columns, reader, sql, params, advance=lambda n: None):
+        # DuckDB runs the reading query itself: the rows never pass through Python
+        cols = ", ".join(self.q(c, "column name") for c in columns)
+        self.execute(f"INSERT INTO {self.q(table)} ({cols}) {sql}", params)
 
     def copy_schema(self, src, dst, text_column):
         self.execute(f"CREATE TABLE {self.q(dst)} AS SELECT * FROM {self.q(src)} LIMIT 0")
@@ -93,6 +198,31 @@ class DuckEngine(Engine):
         digest = hashlib.sha1(table.encode()).hexdigest()[:12]
         self.execute(f"CREATE INDEX IF NOT EXISTS {self.q('gi_' + digest)} ON {self.q(table)} (group_id)")
         self.execute(f"CREATE INDEX IF NOT EXISTS {self.q('fi_' + digest)} ON {self.q(table)} (feat)")
+
+
+def waiting_for_lock(open_it, path, timeout=None):
+    """`open_it()`, retried while another process holds DuckDB file `path` (one notice, then
+    quiet), for up to `timeout` seconds; then a one-line error naming the holder."""
+    timeout = DEFAULT_LOCK_TIMEOUT if timeout is None else float(timeout)
+    deadline, told = time.monotonic() + timeout, False
+    while True:
+        try:
+            return open_it()
+        except duckdb.Error as e:
+            first = str(e).strip().splitlines()[0]
+            if "Could not set lock" not in first:
+                raise
+            holder = re.search(r"\(PID (\d+)\)", first)
+            who = f"process {holder.group(1)}" if holder else "another process"
+            if time.monotonic() >= deadline:
+                raise BertfeatError(
+                    f"DuckDB file {path} is held by {who} (DuckDB allows one writer): gave up after"
+                    f" {timeout:g} s; close it there (a notebook's connection, another bertfeat run)"
+                    " or raise --lock_timeout") from e
+            if not told:
+                notice(f"{path} is in use by {who}: waiting for it (up to {timeout:g} s, --lock_timeout)")
+                told = True
+            time.sleep(0.1)
 
 
 def insert_columns(con, quoted_table, quoted_columns, rows):

@@ -1,4 +1,6 @@
 """--import_csv: DuckDB's CSV reader (header row, quoted multi-line fields, type sniffing) feeds either engine."""
+import codecs
+import csv
 import os
 import tempfile
 
@@ -8,89 +10,136 @@ from ..errors import BertfeatError
 from ..progress import Progress, notice
 from . import check_name
 
-# DuckDB type -> MySQL type (VARCHAR is decided by the longest value).
-MYSQL_TYPES = {"BIGINT": "BIGINT", "INTEGER": "INT", "SMALLINT": "SMALLINT", "TINYINT": "TINYINT",
-               "HUGEINT": "DECIMAL(38,0)", "UBIGINT": "BIGINT UNSIGNED", "DOUBLE": "DOUBLE",
-               "FLOAT": "DOUBLE", "DATE": "DATE", "TIMESTAMP": "DATETIME(6)", "TIME": "TIME",
-               "BOOLEAN": "TINYINT(1)"}
+def _utf8_path(path, block=1 << 20):
+    """Return (path, n_replaced): a temporary UTF-8-clean copy when the file holds invalid UTF-8.
 
-
-def _utf8_path(path):
-    """Return (path, n_replaced): a temporary UTF-8-clean copy when the file holds invalid UTF-8."""
+    Streams the file in blocks (memory stays flat whatever its size); a second pass writes the
+    copy only when the first found an invalid sequence.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
     with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        raw.decode("utf-8")
-        return path, 0
-    except UnicodeDecodeError:
-        pass
-    text = raw.decode("utf-8", errors="replace")
+        try:
+            while chunk := f.read(block):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+            return path, 0
+        except UnicodeDecodeError:
+            pass
+    replaced = 0
+
+    def count(err):
+        nonlocal replaced
+        replaced += 1
+        return "\ufffd", err.end
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="bertfeat_count")
+    codecs.register_error("bertfeat_count", count)
     fd, tmp = tempfile.mkstemp(suffix=".csv")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    return tmp, text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    with open(path, "rb") as f, os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+        while chunk := f.read(block):
+            out.write(decoder.decode(chunk))
+        out.write(decoder.decode(b"", final=True))
+    return tmp, replaced
 
 
-def import_csv(engine, table, csv_path, overwrite=False, messageid_field="message_id", progress=None):
-    """Load `csv_path` into `table`; returns a summary dict (rows, table, replaced bytes)."""
+def _header(path):
+    """The CSV's first record (its column names), read as DuckDB will read it."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        try:
+            return next(csv.reader(f), None)
+        except csv.Error:
+            return None
+
+
+def _csv_error(e, user_path, read_path):
+    """DuckDB's multi-line CSV error as one line naming the user's file and the offending line."""
+    lines = [ln.strip() for ln in str(e).replace(read_path, user_path).splitlines() if ln.strip()]
+    keep = [lines[0]] + [ln for ln in lines[1:] if ln.startswith(("Original Line", "Expected Number"))]
+    return f"cannot parse CSV {user_path}: " + "; ".join(keep)
+
+
+def import_csv(engine, table, csv_path, overwrite=False, messageid_field="message_id",
+               message_field="message", progress=None):
+    """Load `csv_path` into `table`; returns a summary dict (rows, table, replaced bytes).
+
+    The file is checked whole before anything is written (every row must have the header's
+    fields), loaded under a temporary name and swapped in, so a bad file never replaces a table.
+    """
     check_name(table, "table name")
     if not os.path.isfile(csv_path):
         raise BertfeatError(f"CSV file not found: {csv_path}")
-    if engine.table_exists(table):
-        if not overwrite:
-            raise BertfeatError(f"table {table!r} already exists; pass --overwrite to replace it")
-        engine.drop_table(table)
+    if engine.table_exists(table) and not overwrite:
+        raise BertfeatError(f"table {table!r} already exists; pass --overwrite to replace it")
     clean_path, n_replaced = _utf8_path(csv_path)
-    if n_replaced:
-        notice(f"{csv_path}: {n_replaced} invalid UTF-8 sequence(s) replaced with U+FFFD")
     reader = duckdb.connect()
+    tmp = engine.temp_name(table)
     try:
-        src = ("read_csv(?, header = true, auto_detect = true, delim = ',', quote = '\"',"
-               " escape = '\"', strict_mode = true, sample_size = -1)")
-        try:
-            schema = reader.execute(f"DESCRIBE SELECT * FROM {src}", [clean_path]).fetchall()
-        except duckdb.Error as e:
-            raise BertfeatError(f"cannot parse CSV {csv_path}: {str(e).splitlines()[0]}") from e
-        columns = [(name, typ) for name, typ, *_ in schema]
-        for name, _ in columns:
+        header = _header(clean_path)
+        if not header:
+            raise BertfeatError(f"cannot parse CSV {csv_path}: the file is empty (a header row is needed)")
+        for name in header:
             check_name(name, f"column name in {csv_path}")
-        n_rows = reader.execute(f"SELECT count(*) FROM {src}", [clean_path]).fetchone()[0]
-        has_id = any(name == messageid_field for name, _ in columns)
+        if len(set(header)) != len(header):
+            raise BertfeatError(f"CSV {csv_path}: its header names a column twice: {','.join(header)}")
+        if n_replaced:
+            notice(f"{csv_path}: {n_replaced} invalid UTF-8 sequence(s) replaced with U+FFFD")
+        opts = ("header = true, delim = ',', quote = '\"', escape = '\"', strict_mode = true,"
+                " allow_quoted_nulls = false")
+
+        def read(columns):
+            cols = ", ".join(f"'{n}': '{t}'" for n, t in columns)  # names checked above
+            return f"read_csv(?, {opts}, auto_detect = false, columns = {{{cols}}})"
+        # 1. every row against the header, as text: a row with too many or too few fields is an
+        #    error naming its line (DuckDB's sniffer would otherwise take such a row for the header)
+        try:
+            n_rows = reader.execute(f"SELECT count(*) FROM {read([(n, 'VARCHAR') for n in header])}",
+                                    [clean_path]).fetchone()[0]
+            # 2. column types from DuckDB's sniffer; the message column stays text
+            sniffed = reader.execute(f"DESCRIBE SELECT * FROM read_csv(?, {opts}, auto_detect = true,"
+                                     " sample_size = -1)", [clean_path]).fetchall()
+        except duckdb.Error as e:
+            raise BertfeatError(_csv_error(e, csv_path, clean_path)) from e
+        types = dict((name, typ) for name, typ, *_ in sniffed)
+        if [name for name, *_ in sniffed] != header or n_rows == 0:
+            types = {}
+        columns = [(n, "VARCHAR" if n == message_field else types.get(n, "VARCHAR")) for n in header]
+        src = read(columns)
+        if n_rows == 0:
+            notice(f"{csv_path} has a header but no rows: table {table!r} will be empty")
+        has_id = messageid_field in header
         if has_id:
-            dup = reader.execute(
-                f"SELECT count(*) - count(DISTINCT {engine.quote(messageid_field)}) FROM {src}",
-                [clean_path]).fetchone()[0]
-            if dup:
-                notice(f"{messageid_field} has {dup} repeated value(s): not made the primary key")
+            dup, nulls = reader.execute(
+                f"SELECT count({engine.quote(messageid_field)}) - count(DISTINCT {engine.quote(messageid_field)}),"
+                f" count(*) - count({engine.quote(messageid_field)}) FROM {src}", [clean_path]).fetchone()
+            if dup or nulls:
+                why = ", ".join(x for x in (f"{dup} repeated value(s)" if dup else "",
+                                             f"{nulls} empty value(s)" if nulls else "") if x)
+                notice(f"{messageid_field} has {why}: not made the primary key")
                 has_id = False
         col_defs = []
         for name, typ in columns:
-            sql_type = typ
-            if engine.kind == "mysql":
-                if typ in MYSQL_TYPES:
-                    sql_type = MYSQL_TYPES[typ]
-                else:  # text: indexable VARCHAR when short, LONGTEXT otherwise
-                    longest = reader.execute(
-                        f"SELECT max(length(CAST({engine.quote(name)} AS VARCHAR))) FROM {src}",
-                        [clean_path]).fetchone()[0] or 0
-                    sql_type = "VARCHAR(255)" if longest <= 255 else "LONGTEXT"
-            key = " PRIMARY KEY" if has_id and name == messageid_field else ""
-            col_defs.append(f"{engine.quote(name)} {sql_type}{key}")
-        extra = " CHARACTER SET utf8mb4" if engine.kind == "mysql" else ""
-        engine.execute(f"CREATE TABLE {engine.q(table)} ({', '.join(col_defs)}){extra}")
+            longest = None
+            if typ == "VARCHAR":
+                longest = reader.execute(f"SELECT max(length({engine.quote(name)})) FROM {src}",
+                                         [clean_path]).fetchone()[0] or 0
+            col_defs.append((name, engine.csv_column_type(typ, longest),
+                             has_id and name == messageid_field))
+        engine.drop_table(tmp)
+        engine.create_table(tmp, col_defs)
         names = [name for name, _ in columns]
-        if engine.kind == "duckdb":  # DuckDB reads the file itself, no round trip through Python
-            engine.execute(f"INSERT INTO {engine.q(table)} SELECT * FROM {src}", [clean_path])
-        else:
-            cur = reader.execute(f"SELECT * FROM {src}", [clean_path])
+        try:
             with Progress(f"importing {table}", n_rows, enabled=progress) as bar:
-                while rows := cur.fetchmany(2000):
-                    engine.insert_rows(table, names, rows)
-                    bar.update(len(rows))
+                engine.insert_select(tmp, names, reader, f"SELECT * FROM {src}", [clean_path], bar.update)
+        except duckdb.Error as e:
+            raise BertfeatError(_csv_error(e, csv_path, clean_path)) from e
         engine.commit()
+        engine.swap_in(tmp, table)
     except BaseException:
-        engine.drop_table(table)
-        engine.commit()
+        try:
+            engine.drop_table(tmp)
+            engine.commit()
+        except Exception:
+            pass  # the original error matters more; a leftover temporary table is harmless
         raise
     finally:
         reader.close()

@@ -1,12 +1,26 @@
-"""MySQL / MariaDB engine through mysql-connector-python; settings from ~/.my.cnf as DLATK does."""
+"""MySQL / MariaDB engine through PyMySQL; settings from ~/.my.cnf as DLATK does.
+
+Why PyMySQL (bench/README.md, "MySQL writes"): mysql-connector-python 9.2+ rewrites every
+statement it executes with a client-side script splitter (DELIMITER and comment handling that
+ignores backslash escapes), so ordinary text such as "the delimiter between ... it's" broke
+multi-row INSERTs (issue 9). PyMySQL escapes each value and joins them into multi-row INSERTs
+without parsing the result; it wrote feature rows 1.9x faster than the old path here.
+"""
 import getpass
 import os
 
-import mysql.connector
-from mysql.connector import errorcode
+import pymysql
+from pymysql.constants import ER
 
 from ..errors import BertfeatError
 from . import Engine
+
+CONNECT_TIMEOUT = 10
+# DuckDB type of a CSV column -> MySQL type (text: decided by the longest value).
+MYSQL_TYPES = {"BIGINT": "BIGINT", "INTEGER": "INT", "SMALLINT": "SMALLINT", "TINYINT": "TINYINT",
+               "HUGEINT": "DECIMAL(38,0)", "UBIGINT": "BIGINT UNSIGNED", "DOUBLE": "DOUBLE",
+               "FLOAT": "DOUBLE", "DATE": "DATE", "TIMESTAMP": "DATETIME(6)", "TIME": "TIME",
+               "BOOLEAN": "TINYINT(1)"}
 
 
 class MySQLEngine(Engine):
@@ -14,74 +28,78 @@ class MySQLEngine(Engine):
 
     def __init__(self, db, config_file=None, host=None, port=None, user=None, create=False):
         self.db = db
-        self.settings = {"charset": "utf8mb4", "use_unicode": True, "connection_timeout": 10,
-                         "allow_local_infile": False, "autocommit": False}
+        self.settings = {"charset": "utf8mb4", "use_unicode": True, "connect_timeout": CONNECT_TIMEOUT,
+                         "local_infile": False, "autocommit": False}
         config_file = os.path.expanduser(config_file or "~/.my.cnf")
         if os.path.exists(config_file):
-            self.settings["option_files"] = config_file
-            self.settings["option_groups"] = ["client", "mysql"]
+            self.settings["read_default_file"] = config_file
+            self.settings["read_default_group"] = "client"  # DLATK's section
         elif host is None and user is None:
             self.settings["user"] = getpass.getuser()
         for key, value in (("host", host), ("port", port), ("user", user)):
             if value is not None:
                 self.settings[key] = int(value) if key == "port" else value
-        self.settings.setdefault("host", "127.0.0.1")
+        if "read_default_file" not in self.settings:
+            self.settings.setdefault("host", "127.0.0.1")
         if create:
             con = self._connect(None)
-            cur = con.cursor()
-            cur.execute(f"CREATE DATABASE IF NOT EXISTS {self.quote(db)} CHARACTER SET utf8mb4")
+            with con.cursor() as cur:
+                cur.execute(f"CREATE DATABASE IF NOT EXISTS {self.quote(db)} CHARACTER SET utf8mb4")
             con.close()
         self.con = self._connect(db)
 
-    def _connect(self, database):
-        where = f"{self.settings.get('host')}:{self.settings.get('port', 3306)}"
+    def where(self):
+        return f"{self.settings.get('host', 'localhost')}:{self.settings.get('port', 3306)}"
+
+    def _connect(self, database, **extra):
         try:
-            return mysql.connector.connect(**self.settings, **({"database": database} if database else {}))
-        except mysql.connector.Error as e:
-            if e.errno == errorcode.ER_BAD_DB_ERROR:
+            return pymysql.connect(**self.settings, **extra, **({"database": database} if database else {}))
+        except pymysql.err.MySQLError as e:
+            errno, msg = (e.args + (None, None))[:2]
+            if errno == ER.BAD_DB_ERROR:
                 raise BertfeatError(
-                    f"database {database!r} not found on the MySQL server at {where}"
+                    f"database {database!r} not found on the MySQL server at {self.where()}"
                     " (import data with --import_csv FILE, or check -d)") from e
-            if e.errno in (errorcode.ER_ACCESS_DENIED_ERROR, errorcode.ER_DBACCESS_DENIED_ERROR):
+            if errno in (ER.ACCESS_DENIED_ERROR, ER.DBACCESS_DENIED_ERROR):
                 raise BertfeatError(
-                    f"MySQL at {where} refused the login ({e.msg}); set user and password in"
+                    f"MySQL at {self.where()} refused the login ({msg}); set user and password in"
                     " ~/.my.cnf or --mysql_config_file, or use --mysql_user") from e
             raise BertfeatError(
-                f"cannot reach the MySQL server at {where} ({e.msg}); start it, or fix"
+                f"cannot reach the MySQL server at {self.where()} ({msg}); start it, or fix"
                 " --mysql_host/--mysql_port or the [client] section of ~/.my.cnf") from e
 
     def quote(self, name):
         return "`" + name.replace("`", "``") + "`"
 
     @staticmethod
-    def _sql(sql):
-        return sql.replace("?", "%s")
+    def _sql(sql, params):
+        """`?` placeholders -> PyMySQL's `%s` (a literal `%` doubles when values are substituted)."""
+        if not params:
+            return sql, None
+        return sql.replace("%", "%%").replace("?", "%s"), tuple(params)
 
     def execute(self, sql, params=()):
-        cur = self.con.cursor()
-        cur.execute(self._sql(sql), tuple(params))
-        cur.close()
+        with self.con.cursor() as cur:
+            cur.execute(*self._sql(sql, params))
 
     def executemany(self, sql, rows):
-        cur = self.con.cursor()
-        cur.executemany(self._sql(sql), [tuple(r) for r in rows])
-        cur.close()
+        # PyMySQL joins escaped values into multi-row INSERTs (up to ~1 MB per statement).
+        if rows:
+            with self.con.cursor() as cur:
+                cur.executemany(self._sql(sql, [0])[0], [tuple(r) for r in rows])
 
     def query(self, sql, params=()):
-        cur = self.con.cursor()
-        cur.execute(self._sql(sql), tuple(params))
-        rows = cur.fetchall()
-        cur.close()
-        return rows
+        with self.con.cursor() as cur:
+            cur.execute(*self._sql(sql, params))
+            return list(cur.fetchall())
 
     def stream(self, sql, params=(), batch_size=1000):
-        con = self._connect(self.db)
+        con = self._connect(self.db, cursorclass=pymysql.cursors.SSCursor)
         try:
-            cur = con.cursor(buffered=False)
-            cur.execute(self._sql(sql), tuple(params))
-            while rows := cur.fetchmany(batch_size):
-                yield rows
-            cur.close()
+            with con.cursor() as cur:
+                cur.execute(*self._sql(sql, params))
+                while rows := cur.fetchmany(batch_size):
+                    yield rows
         finally:
             con.close()
 
@@ -106,6 +124,43 @@ class MySQLEngine(Engine):
 
     def rename_table(self, old, new):
         self.execute(f"RENAME TABLE {self.q(old)} TO {self.q(new)}")
+
+    table_options = " CHARACTER SET utf8mb4"
+    long_text_type = "LONGTEXT"
+
+    def feature_group_type(self, source_type):
+        t = source_type.lower()
+        if "int" in t:
+            return "BIGINT"
+        if "char" in t and "(" in t:
+            return source_type
+        return "VARCHAR(255)"  # indexable
+
+    def csv_column_type(self, duck_type, longest=None):
+        if duck_type in MYSQL_TYPES:
+            return MYSQL_TYPES[duck_type]
+        return "VARCHAR(255)" if (longest or 0) <= 255 else "LONGTEXT"  # short text stays indexable
+
+    def table_comment(self, table):
+        rows = self.query("SELECT table_comment FROM information_schema.tables WHERE table_schema = ?"
+                          " AND table_name = ?", [self.db, table])
+        return rows[0][0] if rows else None
+
+    def set_table_comment(self, table, text):
+        self.execute(f"ALTER TABLE {self.q(table)} COMMENT = ?", [text])
+
+    def content_checksum(self, table, columns):
+        parts = ", 0x1f, ".join(f"COALESCE(CAST({self.q(c, 'column name')} AS BINARY), 0x1e)" for c in columns)
+        n, total = self.query(f"SELECT COUNT(*), SUM(CRC32(CONCAT({parts}))) FROM {self.q(table)}")[0]
+        return f"{n}:{total or 0}"
+
+    def swap_in(self, tmp, table):
+        if not self.table_exists(table):
+            self.rename_table(tmp, table)
+            return
+        old = self.temp_name(table)
+        self.execute(f"RENAME TABLE {self.q(table)} TO {self.q(old)}, {self.q(tmp)} TO {self.q(table)}")
+        self.execute(f"DROP TABLE {self.q(old)}")
 
     def copy_schema(self, src, dst, text_column):
         self.execute(f"CREATE TABLE {self.q(dst)} LIKE {self.q(src)}")

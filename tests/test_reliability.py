@@ -1,0 +1,254 @@
+"""Issue 9: bad CSVs, stale partial tables after kill -9, and what --overwrite replaces."""
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+
+import bertfeat
+from bertfeat.tables import connect
+from bertfeat.text.sentences import split_sentences
+
+from conftest import MSGS_CSV
+from test_cli import bertfeat as cli
+from test_cli import one_line_error
+
+
+def engine_conn(engine_name, tmp_path, request):
+    if engine_name == "duckdb":
+        return "d", {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    return request.getfixturevalue("mysql_db")
+
+
+def cli_conn(db, conn):
+    if conn["db_engine"] == "duckdb":
+        return ["-d", db, "--db_dir", conn["db_dir"]]
+    return ["-d", db, "--db_engine", "mysql", "--mysql_host", conn["mysql_host"], "--mysql_port",
+            str(conn["mysql_port"]), "--mysql_user", conn["mysql_user"], "--mysql_config_file",
+            conn["mysql_config_file"]]
+
+
+# --- CSV import ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("engine_name", ["duckdb", "mysql"])
+def test_a_row_with_extra_fields_is_an_error_naming_its_line(engine_name, tmp_path, request):
+    db, conn = engine_conn(engine_name, tmp_path, request)
+    good = tmp_path / "good.csv"
+    good.write_text('message_id,user_id,message\n1,1,"hi there."\n')
+    assert cli(*cli_conn(db, conn), "-t", "msgs", "--import_csv", str(good)).returncode == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text('message_id,user_id,message\n1,1,"hi there."\n2,2,"ok."\n3,3,x,extra,fields\n')
+    line = one_line_error(cli(*cli_conn(db, conn), "-t", "msgs", "--import_csv", str(bad), "--overwrite"),
+                          "bad.csv", "Line: 4", "3,3,x,extra,fields")
+    assert "/tmp/tmp" not in line
+    with connect(db, **conn) as engine:  # the table it would have replaced is untouched
+        assert engine.query("SELECT message FROM msgs") == [("hi there.",)]
+        assert [t for t in engine.tables() if t.startswith("bertfeat_tmp")] == []
+
+
+def test_header_only_csv_and_binary_file(tmp_path):
+    conn = ["-d", "d", "--db_dir", str(tmp_path)]
+    (tmp_path / "h.csv").write_text("message_id,user_id,message\n")
+    r = cli(*conn, "-t", "msgs", "--import_csv", str(tmp_path / "h.csv"))
+    assert r.returncode == 0 and "header but no rows" in r.stderr
+    r = cli(*conn, "-t", "msgs", "-c", "user_id", "--add_bert", "--bert_model",
+            "sentence-transformers/all-MiniLM-L6-v2", "--model_dir", str(tmp_path / "models"))
+    one_line_error(r, "no messages", "msgs")
+    (tmp_path / "b.csv").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 4)
+    line = one_line_error(cli(*conn, "-t", "b", "--import_csv", str(tmp_path / "b.csv")), "b.csv")
+    assert "/tmp/tmp" not in line and len(line) < 300
+
+
+def test_utf8_check_streams_the_file(tmp_path):
+    """A 64 MB CSV with one invalid byte is repaired without reading it into memory."""
+    path = tmp_path / "big.csv"
+    row = '1,1,"' + "x" * 1000 + '"\n'
+    with open(path, "wb") as f:
+        f.write(b"message_id,user_id,message\n")
+        f.write(b'0,1,"bad \xff byte"\n')
+        for i in range(64_000):
+            f.write(row.replace("1,1,", f"{i + 1},1,", 1).encode())
+    code = ("import resource, sys; from bertfeat.tables.importer import _utf8_path;"
+            "p, n = _utf8_path(sys.argv[1]); print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    base = subprocess.run([sys.executable, "-c", "import resource, bertfeat.tables.importer;"
+                           "print(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == "1"
+    assert int(out[1]) - int(base[1]) < 32_000, (out, base)  # KB: far below the file's 64 MB
+
+
+# --- stale partial _stoks ------------------------------------------------------------------------
+CHILD = """
+import sys, bertfeat
+from bertfeat.tables import Engine, duck, mysql
+def noisy(cls):
+    insert = cls.insert_rows
+    def rows(self, table, columns, rows):
+        insert(self, table, columns, rows)
+        if table.endswith("__partial"):
+            self.commit()
+            print("wrote", len(rows), flush=True)
+    cls.insert_rows = rows
+noisy(duck.DuckEngine); noisy(mysql.MySQLEngine)
+conn = eval(sys.argv[2])
+bertfeat.add_sent_tokenized(sys.argv[1], "msgs", progress=False, batch_size=100, **conn)
+print("done", flush=True)
+"""
+
+
+def big_csv(path, transform=lambda s: s, copies=4):
+    with open(MSGS_CSV, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["message_id", "user_id", "message"])
+        for k in range(copies):
+            for i, r in enumerate(rows):
+                w.writerow([k * 1000 + i + 1, r["user_id"], transform(r["message"])])
+    return path
+
+
+def kill_after(db, conn, batches):
+    child = subprocess.Popen([sys.executable, "-c", CHILD, db, repr(conn)], stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    seen = 0
+    for line in child.stdout:
+        if line.startswith("wrote"):
+            seen += 1
+            if seen == batches:
+                child.kill()  # SIGKILL: no cleanup of any kind
+                break
+    child.wait()
+    assert seen == batches
+
+
+def stoks(db, conn):
+    with connect(db, **conn) as engine:
+        return dict(engine.query("SELECT message_id, message FROM msgs_stoks"))
+
+
+def expected(path):
+    with open(path, encoding="utf-8", newline="") as f:
+        return {int(r["message_id"]): json.dumps(split_sentences(r["message"]), ensure_ascii=False)
+                for r in csv.DictReader(f)}
+
+
+@pytest.mark.parametrize("engine_name", ["duckdb", "mysql"])
+@pytest.mark.parametrize("how", ["overwrite", "plain"])
+def test_a_partial_from_changed_text_is_never_resumed(engine_name, how, tmp_path, request, capfd):
+    db, conn = engine_conn(engine_name, tmp_path, request)
+    old = big_csv(tmp_path / "old.csv")
+    bertfeat.import_csv(db, "msgs", str(old), progress=False, **conn)
+    kill_after(db, conn, 5)
+    with connect(db, **conn) as engine:
+        assert "msgs_stoks__partial" in engine.tables() and "msgs_stoks" not in engine.tables()
+    new = big_csv(tmp_path / "new.csv", lambda s: "Corrected. " + s.upper())
+    bertfeat.import_csv(db, "msgs", str(new), overwrite=True, progress=False, **conn)
+    s = bertfeat.add_sent_tokenized(db, "msgs", overwrite=how == "overwrite", progress=False, **conn)
+    assert s["resumed_after"] is None
+    if how == "plain":
+        assert "changed since msgs_stoks__partial was started" in capfd.readouterr().err
+    assert stoks(db, conn) == expected(new)
+
+
+@pytest.mark.parametrize("engine_name", ["duckdb", "mysql"])
+def test_an_unchanged_partial_resumes(engine_name, tmp_path, request):
+    db, conn = engine_conn(engine_name, tmp_path, request)
+    path = big_csv(tmp_path / "m.csv")
+    bertfeat.import_csv(db, "msgs", str(path), progress=False, **conn)
+    kill_after(db, conn, 5)
+    s = bertfeat.add_sent_tokenized(db, "msgs", progress=False, **conn)
+    assert s["resumed_after"] is not None and s["read"] < 4 * 741
+    assert stoks(db, conn) == expected(path)
+
+
+# --- corrupted exports -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    pytest.importorskip("torch", reason="the tiny test model is made with torch (pip install 'bertfeat[export]')")
+    from tiny_models import make_model
+    return str(make_model("bert", tmp_path_factory.mktemp("tinyr") / "bert"))
+
+
+def flip_bytes(path, where):
+    """Overwrite 64 bytes at fraction `where` of the file, keeping its size and mtime."""
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(int(st.st_size * where))
+        chunk = f.read(64)
+        f.seek(int(st.st_size * where))
+        f.write(bytes(b ^ 0x5A for b in chunk))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def feature_rows(db, conn, table):
+    with connect(db, **conn) as engine:
+        return sorted(engine.query(f"SELECT group_id, feat, value FROM {engine.q(table)}"))
+
+
+@pytest.mark.parametrize("where", [0.5, 0.0005])
+def test_a_corrupted_export_is_detected_and_never_poisons_the_stage(where, tiny_bert, tmp_path, capfd):
+    conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    cache = str(tmp_path / "models")
+    bertfeat.import_csv("c", "msgs", str(big_csv(tmp_path / "m.csv", copies=1)), progress=False, **conn)
+    kw = dict(bert_model=tiny_bert, model_dir=cache, stage_dir=str(tmp_path / "s1"), progress=False, **conn)
+    s = bertfeat.add_bert("c", "msgs", "user_id", **kw)
+    clean = feature_rows("c", conn, s["table"])
+    (model,) = (tmp_path / "models").glob("*/*/model.onnx")
+    assert cli("--list_models", "--model_dir", cache).returncode == 0  # remembers size and mtime
+    flip_bytes(model, where)
+    r = cli("--list_models", "--model_dir", cache)
+    assert r.returncode == 0 and " ok " in r.stdout  # the quick check trusts size and mtime
+    one_line_error(cli("--verify_models", "--model_dir", cache), "1 corrupted cache entry")
+    capfd.readouterr()
+    s = bertfeat.add_bert("c", "msgs", "user_id", **kw)  # same stage: nothing computed by the bad file
+    assert "corrupted: exporting it again" in capfd.readouterr().err
+    assert s["reused"] == s["messages"]  # the clean vectors were reused; the graph is intact again
+    assert feature_rows("c", conn, s["table"]) == clean
+    assert cli("--verify_models", "--model_dir", cache).returncode == 0
+
+
+def test_onnx_runtime_load_errors_are_one_line(tiny_bert, tmp_path):
+    from bertfeat.runtime import CorruptedEntry, Encoder, locate
+    entry = locate(tiny_bert, 1, root=str(tmp_path))
+    (entry / "model.onnx").write_bytes(b"not a protobuf at all" * 100)
+    with pytest.raises(CorruptedEntry, match="cache entry is corrupted"):
+        Encoder(entry)
+
+
+# --- smaller bugs ------------------------------------------------------------------------------
+def test_text_ids_after_integer_ids_share_one_stage_file(tiny_bert, tmp_path):
+    conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    path = big_csv(tmp_path / "m.csv", copies=1)
+    bertfeat.import_csv("c", "msgs", str(path), progress=False, **conn)
+    text_ids = tmp_path / "t.csv"
+    text_ids.write_text(path.read_text().replace("\n1", "\nm1").replace("\n2", "\nm2"), encoding="utf-8")
+    bertfeat.import_csv("c", "tmsgs", str(text_ids), progress=False, **conn)
+    with connect("c", **conn) as engine:
+        assert dict(engine.columns("tmsgs"))["message_id"] == "VARCHAR"
+    kw = dict(bert_model=tiny_bert, model_dir=str(tmp_path / "models"), stage_dir=str(tmp_path), progress=False,
+              bert_keep_msg=True, **conn)
+    a = bertfeat.add_bert("c", "msgs", "user_id", **kw)
+    b = bertfeat.add_bert("c", "tmsgs", "user_id", **kw)
+    assert a["messages"] == b["messages"] == 741
+    assert feature_rows("c", conn, a["table"]) == feature_rows("c", conn, b["table"])
+
+
+def test_small_input_errors_are_one_line(tmp_path, msgs_csv):
+    conn = ["-d", "d", "--db_dir", str(tmp_path)]
+    assert cli(*conn, "-t", "msgs", "--import_csv", msgs_csv).returncode == 0
+    bert = [*conn, "-t", "msgs", "-c", "user_id", "--add_bert", "--model_dir", str(tmp_path / "models")]
+    for folder in ("/tmp", "../../etc", str(tmp_path)):
+        one_line_error(cli(*bert, "--bert_model", folder), "no config.json")
+    for flag, value in (("--batch_tokens", "0"), ("--threads", "0"), ("--threads", "-1")):
+        one_line_error(cli(*bert, flag, value), flag, "positive")
+    (tmp_path / "d.bertfeat_stage.duckdb").write_bytes(b"DUCK" * 5000)  # a truncated, unreadable stage
+    one_line_error(cli(*bert, "--bert_model", "sentence-transformers/all-MiniLM-L6-v2"),
+                   "stage file", "delete it")
+    (tmp_path / "n.csv").write_text("message_id,user_id,message\n1,1,a\n,2,b\n")
+    r = cli(*conn, "-t", "n", "--import_csv", str(tmp_path / "n.csv"))
+    assert r.returncode == 0 and "1 empty value(s)" in r.stderr and "repeated" not in r.stderr
