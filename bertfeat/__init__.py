@@ -1,5 +1,5 @@
 """bertfeat: DLATK-compatible contextual-embedding features, exported once to ONNX and run fast."""
-__version__ = "0.2.0"  # the package version (pyproject reads it) and part of every export fingerprint
+__version__ = "0.3.0"  # the package version (pyproject reads it) and part of every export fingerprint
 
 from .api import (add_bert, add_sent_tokenized, export_model, import_csv, list_models,  # noqa: E402
                   show_feature_tables)

@@ -231,8 +231,17 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
 
         from .runtime import Encoder, locate
         entry = locate(name, layers[-1] + 1, precision, model_dir, verify=True)
-        from .models import read_manifest
+        from .models import MIN_COSINE, read_manifest, usable_layers
         manifest = read_manifest(entry)
+        weak = [k for k in layers if k not in usable_layers(manifest)]
+        if weak:
+            per_layer = manifest.get("fp32_layer_cosine") or []
+            ok = usable_layers(manifest)
+            shown = ", ".join(f"layer {k} {per_layer[k]:.4f}" if k < len(per_layer) else f"layer {k}" for k in weak)
+            raise BertfeatError(
+                f"--precision {precision} of {name} does not agree with fp32 closely enough on this"
+                f" machine ({shown}; window cosine < {manifest.get('min_cosine', MIN_COSINE)}): use"
+                f" --precision fp32" + (f", or --bert_layers among {' '.join(map(str, ok))}" if ok else ""))
         # the stage key holds the graph's content hash (verified above): vectors computed by any
         # other file, a corrupted one included, are never reused
         settings = {"model": name, "fingerprint": manifest["fingerprint"],
@@ -332,8 +341,7 @@ def _stage_chunk(stage, batch, embed, counts, skip):
             skip("no sentences")
         else:
             used.append((mid, gid))
-    stage.put(staged_rows)
-    stage.add_groups(used)
+    stage.put(staged_rows, used)
     counts["messages"] += len(used)
 
 

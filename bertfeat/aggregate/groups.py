@@ -68,12 +68,6 @@ class Stage:
         finally:
             con.close()
 
-    def add_groups(self, rows):
-        """(message_id, group_id) of the messages this run uses."""
-        if rows:
-            with self._connection() as con:
-                insert_columns(con, self.groups, ["message_id", "group_id"], rows)
-
     def staged(self, message_ids, text_hashes):
         """{message_id: text_hash} already staged, and {text_hash: vec} for the given hashes."""
         # semi-joins against the chunk's keys (hash joins), not a per-row list search
@@ -86,16 +80,21 @@ class Stage:
                 " GROUP BY text_hash", [list(set(text_hashes))]).fetchall())
         return done, by_hash
 
-    def put(self, rows):
-        """Stage (message_id, text_hash, vec) rows in one transaction (a kill leaves whole chunks)."""
-        if rows:
-            with self._connection() as con:
+    def put(self, rows, groups=()):
+        """Stage (message_id, text_hash, vec) rows in one transaction (a kill leaves whole chunks),
+        and record this run's (message_id, group_id) rows; one open of the file for both."""
+        if not rows and not groups:
+            return
+        with self._connection() as con:
+            if rows:
                 con.execute("BEGIN")
                 con.execute(f"DELETE FROM {self.table} WHERE message_id IN (SELECT unnest(?))",
                             [[m for m, _, _ in rows]])
                 insert_columns(con, self.table, ["message_id", "text_hash", "vec"],
                                [(m, h, v.tolist()) for m, h, v in rows])
                 con.execute("COMMIT")
+            if groups:
+                insert_columns(con, self.groups, ["message_id", "group_id"], groups)
 
     def drop_groups(self):
         """Forget this run's (message, group) rows once its tables are written."""

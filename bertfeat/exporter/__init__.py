@@ -19,15 +19,14 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BertfeatError
-from ..models import (FAMILIES, MANIFEST, OFFLINE_PACKAGES, canonical_name, check_precision,
-                      config_layers, entry_is_intact, file_sha256, fingerprint, model_dir,
-                      read_manifest, safe_dir_name)
+from ..models import (FAMILIES, MANIFEST, MIN_COSINE, OFFLINE_PACKAGES, canonical_name,
+                      check_precision, config_layers, entry_is_intact, file_sha256, fingerprint,
+                      model_dir, read_manifest, safe_dir_name)
 from ..progress import notice
 
 OPSET = 17
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model",
                    "tokenizer.model")
-MIN_COSINE = 0.99  # refuse an int8/fp16 export whose window vectors agree less with fp32
 TOLERANCE = 1e-4  # max |onnx - torch| / max(1, max |torch|) on the validation windows
 VALIDATION_TEXT = [
     "Mr. Smith arrived at 5 p.m. on Jan. 3rd!", "Did he?",
@@ -35,6 +34,29 @@ VALIDATION_TEXT = [
     "The weather was lovely, so we walked to the lake and back before lunch.",
     "lol that was the best show ever :)", "Honestly, I don't know what to think about it anymore.",
     "Short.", "We finally painted the kitchen, and it looks great in the morning light.",
+]
+# Reduced precision is checked on more, and more varied, windows: informal posts are where int8
+# activation outliers show (each consecutive pair is one window, as SPEC §3 builds them).
+AGREEMENT_TEXT = VALIDATION_TEXT + [
+    "OMG!!! u guys will NOT believe what happened at work today... my boss actually said thank you :O",
+    "Anyway, back to the point: the meeting ran three hours over, nobody took notes, and we decided"
+    " exactly nothing, which is pretty much how every Tuesday goes around here.",
+    "I've been listening to the same album on repeat since 2004 & I'm not even sorry.",
+    "http://www.example.com/blog/2004/07/30/entry.html <- read this first, then come back.",
+    "Grocery list: eggs, milk, 2 lbs of apples, coffee (the good kind), and more coffee.",
+    "My grandmother turned 93 yesterday; she still beats everyone at cards and refuses to retire"
+    " from her volunteer job at the library, where she has worked every Thursday since 1961.",
+    "Why does it always rain on the one day I forget my umbrella?? seriously.",
+    "Quote of the day: \"Be yourself; everyone else is already taken.\" -- Oscar Wilde",
+    "The new policy (effective Monday, 8 a.m.) requires all staff to sign in at the front desk.",
+    "Blah blah blah. Whatever. I'm going to bed.",
+    "We drove 450 miles in one day, stopped twice for gas, once for pie, and saw exactly one moose.",
+    "In chapter 3 the author argues that memory is reconstructive rather than reproductive, which"
+    " explains why eyewitness accounts so often disagree on the small details.",
+    "haha yes!! see you at 7 :-) bring the dog",
+    "Ugh, the code compiled on the first try and now I am deeply suspicious of everything.",
+    "Posted by Anna at 11:42 PM | 3 comments | Labels: life, work, cats",
+    "Dear diary, today I learned that you should never microwave a fork. Never. Ever.",
 ]
 
 
@@ -139,7 +161,10 @@ def _cache_entry(final, force, build):
             with open(tmp / MANIFEST, "w") as f:
                 json.dump(manifest, f, indent=1)
             os.rename(tmp, final)
+            weak = [f"L{k} {c:.4f}" for k, c in enumerate(manifest.get("fp32_layer_cosine", []))
+                    if c < manifest.get("min_cosine", MIN_COSINE)]
             agreement = (f"min window cosine to fp32 {manifest['fp32_min_window_cosine']:.4f}"
+                         + (f"; runs asking for {', '.join(weak)} (< {MIN_COSINE}) are refused" if weak else "")
                          if manifest["precision"] != "fp32" else
                          f"max difference to PyTorch {manifest['validation_max_error']:.1e}")
             notice(f"exported {manifest['name']} (depth {manifest['depth']}, {manifest['precision']}) in"
@@ -224,7 +249,8 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
 
 
 def export_int8(name, depth=None, root=None, force=False):
-    """int8 from the fp32 export: per-channel int8 weights, activations quantized per window.
+    """int8 from the fp32 export: per-channel int8 weights, activations quantized per window;
+    the FFN output projections (after GELU) stay fp32 (`ffn_output_matmuls`).
 
     ONNX Runtime's dynamic quantization takes one activation scale per input tensor; the
     runtime feeds int8 sessions one window at a time (no padding, no batch-mates), so that
@@ -242,14 +268,34 @@ def export_int8(name, depth=None, root=None, force=False):
         root_logger.setLevel(logging.ERROR)  # quantize_dynamic's advice goes to the root logger
         try:
             quantize_dynamic(str(fp32_model), str(target), per_channel=True, reduce_range=False,
-                             weight_type=QuantType.QInt8,
+                             weight_type=QuantType.QInt8, nodes_to_exclude=ffn_output_matmuls(fp32_model),
                              extra_options={"DefaultTensorType": 1})  # 1 = FLOAT, for fused ops
         finally:
             root_logger.setLevel(level)
         for leftover in target.parent.glob("*-inferred.onnx"):
             leftover.unlink()
-    return _derive(name, "int8", depth, root, force, convert, "dynamic-int8-per-channel-weights",
-                   per_window=True)
+    return _derive(name, "int8", depth, root, force, convert,
+                   "dynamic-int8-per-channel-weights-ffn-output-fp32", per_window=True)
+
+
+def ffn_output_matmuls(model_path):
+    """Names of the MatMuls that read a GELU's output (each block's FFN output projection).
+
+    Their input has the activation outliers that per-window int8 scales handle worst: kept in
+    fp32 they lift all-MiniLM-L6-v2's int8 window cosine to fp32 on msgs100u from 0.9925 to
+    0.9960 at layer 4 (bench/int8_layers.py, bench/README.md)."""
+    import onnx
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    gelu = {"Gelu", "FastGelu", "BiasGelu", "Erf", "Tanh"}
+    stop = {"MatMul", "Attention", "LayerNormalization", "SkipLayerNormalization", "Gemm"}
+
+    def reads_gelu(name, hops=4):
+        node = producer.get(name)
+        if node is None or node.op_type in stop or hops == 0:
+            return False
+        return node.op_type in gelu or any(reads_gelu(i, hops - 1) for i in node.input)
+    return [n.name for n in graph.node if n.op_type == "MatMul" and reads_gelu(n.input[0])]
 
 
 def export_fp16(name, depth=None, root=None, force=False):
@@ -272,7 +318,9 @@ def export_fp16(name, depth=None, root=None, force=False):
 
 def _derive(name, precision, depth, root, force, convert, optimization, per_window=False):
     """A reduced-precision cache entry made by `convert(fp32 model.onnx, target)` from the fp32
-    export, kept only if its window vectors agree with fp32 to cosine >= MIN_COSINE."""
+    export. Its agreement with fp32 is measured per layer on this machine (window cosine, see
+    `_agreement`) and recorded; runs asking for a layer below MIN_COSINE are refused (bert.py),
+    and an export whose first layer is already below it is not kept."""
     fp32_entry = export(name, "fp32", depth, root, force)
     fp32 = read_manifest(fp32_entry)
     src = fp32["source"] if os.path.isdir(fp32["source"]) else resolve_source(name)
@@ -281,20 +329,22 @@ def _derive(name, precision, depth, root, force, convert, optimization, per_wind
     def build(tmp):
         convert(fp32_entry / "model.onnx", tmp / "model.onnx")
         shutil.copy(fp32_entry / "tokenizer.json", tmp / "tokenizer.json")
-        cosine, provider = _agreement(fp32_entry, tmp / "model.onnx", fp32, precision)
-        if cosine < MIN_COSINE:
-            raise BertfeatError(f"{precision} export of {name} agrees with fp32 only to cosine {cosine:.4f}"
-                                f" (< {MIN_COSINE}); use --precision fp32 for this model")
+        per_layer, provider = _agreement(fp32_entry, tmp / "model.onnx", fp32, precision)
+        if per_layer[0] < MIN_COSINE:
+            raise BertfeatError(f"{precision} export of {name} agrees with fp32 only to cosine"
+                                f" {per_layer[0]:.4f} on its first layer (< {MIN_COSINE}); use"
+                                " --precision fp32 for this model")
         return {**fp32, "fingerprint": final.name, "precision": precision, "per_window": per_window,
                 "optimizations": fp32["optimizations"] + [optimization],
-                "fp32_min_window_cosine": cosine, "agreement_provider": provider}
+                "fp32_min_window_cosine": min(per_layer), "fp32_layer_cosine": per_layer,
+                "min_cosine": MIN_COSINE, "agreement_provider": provider}
 
     return _cache_entry(final, force, build)
 
 
 def _agreement(fp32_entry, path, manifest, precision):
-    """Smallest cosine, over the validation windows, of `path` vs fp32 token-mean vectors per
-    layer, and the provider it was measured on (CUDA for fp16 when there)."""
+    """Per layer, the smallest cosine over the agreement windows of `path` vs fp32 token-mean
+    vectors, and the provider it was measured on (CUDA for fp16 when there)."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(str(fp32_entry / "tokenizer.json"))
@@ -304,16 +354,16 @@ def _agreement(fp32_entry, path, manifest, precision):
                 "CUDAExecutionProvider" in ort.get_available_providers() else "CPUExecutionProvider")
     sessions = [ort.InferenceSession(str(p), providers=[provider])
                 for p in (fp32_entry / "model.onnx", path)]
-    worst = 1.0
-    for a, b in zip(VALIDATION_TEXT, VALIDATION_TEXT[1:]):
+    worst = np.ones(manifest["depth"])
+    for a, b in zip(AGREEMENT_TEXT, AGREEMENT_TEXT[1:]):
         enc = tok.encode(a, b)
         feeds = {"input_ids": np.array([enc.ids]), "attention_mask": np.ones((1, len(enc.ids)), np.int64),
                  "token_type_ids": np.array([enc.type_ids]), "layers": np.arange(manifest["depth"])}
-        ref, got = (s.run(["hidden_states"], {k: feeds[k] for k in manifest["inputs"]})[0].mean(2)
-                    for s in sessions)
+        ref, got = (s.run(["hidden_states"], {k: feeds[k] for k in manifest["inputs"]})[0].mean(2)[:, 0]
+                    for s in sessions)  # [layers, H]
         cos = (ref * got).sum(-1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(got, axis=-1)
-        worst = min(worst, float(cos.min()))
-    return worst, provider
+        worst = np.minimum(worst, cos)
+    return [round(float(c), 6) for c in worst], provider
 
 
 def _validate(path, batch, reference):

@@ -96,7 +96,7 @@ class Encoder:
     """An ONNX Runtime session over one cache entry, plus its tokenizer and window template."""
 
     def __init__(self, entry, device="cpu", threads=None, batch_tokens=None):
-        import onnxruntime as ort
+        ort = import_ort()
         from tokenizers import Tokenizer
         self.entry = entry
         self.manifest = read_manifest(entry)
@@ -134,8 +134,11 @@ class Encoder:
                                      " it again), or run bertfeat --verify_models") from e
             raise
         if self.device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
-            raise BertfeatError("onnxruntime-gpu is installed but could not start CUDA (driver, CUDA or"
-                                " cuDNN libraries missing?): fix the CUDA setup, or use --device cpu")
+            built = getattr(getattr(ort.capi, "build_and_package_info", None), "cuda_version", None)
+            raise BertfeatError(f"onnxruntime-gpu {ort.__version__} is installed but could not start CUDA"
+                                f"{f' (it is built for CUDA {built})' if built else ''}: driver, CUDA or"
+                                " cuDNN libraries missing or of another major version? 'bertfeat[gpu]' is"
+                                " for CUDA 12, 'bertfeat[gpu-cu13]' for CUDA 13; or use --device cpu")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.pad_id = int(self.manifest.get("pad_id") or 0)
         self.windows_run = 0
@@ -267,18 +270,54 @@ class Encoder:
         return out
 
 
+ORT_BUILDS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml",
+              "onnxruntime-training")
+INSTALL_HINT = ("pip install 'bertfeat[cpu]' (CPU), 'bertfeat[gpu]' (CUDA 12) or"
+                " 'bertfeat[gpu-cu13]' (CUDA 13)")
+
+
+def ort_builds():
+    """The ONNX Runtime distributions installed (each provides the same `onnxruntime` module)."""
+    from importlib import metadata
+    found = []
+    for name in ORT_BUILDS:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def import_ort():
+    """The onnxruntime module, or a one-line error saying which extra installs it."""
+    try:
+        import onnxruntime
+        return onnxruntime
+    except ImportError as e:
+        raise BertfeatError(f"ONNX Runtime is not installed: {INSTALL_HINT}") from e
+
+
 def resolve_device(device):
     """'cpu', 'cuda' or 'auto' -> the device to use; cuda without onnxruntime-gpu is an error."""
-    import onnxruntime as ort
+    ort = import_ort()
     device = device or "cpu"
+    builds = ort_builds()
+    if device in ("cuda", "auto") and len(builds) > 1:
+        raise BertfeatError(
+            f"{' and '.join(builds)} are installed: they provide the same module and the one"
+            " installed last wins, so CUDA may be missing; keep one: pip uninstall -y"
+            f" {' '.join(b.split()[0] for b in builds)} && pip install 'bertfeat[gpu]' (CUDA 12)"
+            " or 'bertfeat[gpu-cu13]' (CUDA 13)")
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "auto":
         if not has_cuda:
             notice("no CUDA provider in onnxruntime: running on CPU (pip install 'bertfeat[gpu]' for CUDA)")
         return "cuda" if has_cuda else "cpu"
     if device == "cuda" and not has_cuda:
-        raise BertfeatError("--device cuda needs onnxruntime-gpu with a working CUDA:"
-                            " pip install 'bertfeat[gpu]', or use --device cpu")
+        raise BertfeatError(f"--device cuda needs onnxruntime-gpu with a working CUDA"
+                            f" (installed: {', '.join(builds) or 'no ONNX Runtime'}):"
+                            " pip uninstall -y onnxruntime && pip install 'bertfeat[gpu]' (CUDA 12)"
+                            " or 'bertfeat[gpu-cu13]' (CUDA 13); or use --device cpu")
     if device not in ("cpu", "cuda"):
         raise BertfeatError(f"unknown --device {device!r}: choose cpu, cuda or auto")
     return device

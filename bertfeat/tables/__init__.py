@@ -4,13 +4,28 @@ Every identifier that reaches SQL goes through `check_name` (a fixed alphabet) a
 engine's `quote`; every value goes through parameters. SQL here uses `?` placeholders;
 the MySQL engine maps them to the driver's `%s`.
 """
+import hashlib
 import os
 import re
+import socket
 import uuid
 
 from ..errors import BertfeatError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_$]+$")
+TEMP_PREFIX = "bertfeat_tmp_"
+TEMP_RE = re.compile(r"^bertfeat_tmp_([0-9a-f]{8})_([0-9]+)_[0-9a-f]{8}$")
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 ENGINES = ("duckdb", "mysql")
 
 
@@ -35,10 +50,13 @@ def connect(db, db_engine="duckdb", db_dir=None, mysql_config_file=None, mysql_h
     if db_engine == "duckdb":
         from .duck import DuckEngine
         db_dir = db_dir or os.environ.get("BERTFEAT_DB_DIR") or "."
-        return DuckEngine(db, db_dir, create=create, lock_timeout=lock_timeout)
-    from .mysql import MySQLEngine
-    return MySQLEngine(db, config_file=mysql_config_file, host=mysql_host, port=mysql_port,
-                       user=mysql_user, create=create)
+        engine = DuckEngine(db, db_dir, create=create, lock_timeout=lock_timeout)
+    else:
+        from .mysql import MySQLEngine
+        engine = MySQLEngine(db, config_file=mysql_config_file, host=mysql_host, port=mysql_port,
+                             user=mysql_user, create=create)
+    engine.drop_stale_temps()
+    return engine
 
 
 class Engine:
@@ -145,8 +163,17 @@ class Engine:
 
     def temp_name(self, table):
         """A fresh table name for writing `table` before it is swapped in: unique to this run, so
-        concurrent runs never share one; `bertfeat_tmp_` marks leftovers of killed runs."""
-        return f"bertfeat_tmp_{uuid.uuid4().hex[:16]}"
+        concurrent runs never share one. It names this host and process, so that tables left by
+        a killed run are recognized and dropped by the next job (`drop_stale_temps`)."""
+        return f"{TEMP_PREFIX}{HOST_TAG}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+    def drop_stale_temps(self):
+        """Drop temporary tables of processes on this host that no longer run (killed runs)."""
+        for name in self.tables():
+            m = TEMP_RE.match(name)
+            if m and m.group(1) == HOST_TAG and not _alive(int(m.group(2))):
+                self.drop_table(name)
+                self.commit()
 
     def create_table(self, table, columns):
         """CREATE TABLE from [(name, SQL type, is primary key)]."""

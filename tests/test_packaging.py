@@ -1,0 +1,77 @@
+"""Issue 10: each install leaves exactly one ONNX Runtime, and a wrong one is one clear line.
+
+onnxruntime and onnxruntime-gpu install the same `onnxruntime` module, so bertfeat depends on
+neither directly: the extras cpu, gpu (CUDA 12 builds, < 1.27) and gpu-cu13 (>= 1.27) each pick
+one. pip's own resolver (a dry run, no GPU needed) checks what each install brings.
+"""
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ORT = {"onnxruntime", "onnxruntime-gpu"}
+
+
+def test_extras_name_one_runtime_each():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = lambda reqs: {r.split(">")[0].split("=")[0].split("<")[0].strip() for r in reqs}  # noqa: E731
+    assert not names(project["dependencies"]) & ORT
+    extras = project["optional-dependencies"]
+    assert names(extras["cpu"]) == {"onnxruntime"}
+    assert extras["gpu"] == ["onnxruntime-gpu>=1.20,<1.27"] and extras["gpu-cu13"] == ["onnxruntime-gpu>=1.27"]
+
+
+@pytest.mark.parametrize("extra, want", [("cpu", ("onnxruntime", None)), ("gpu", ("onnxruntime-gpu", "1.26")),
+                                         ("gpu-cu13", ("onnxruntime-gpu", "1.27")), (None, None)])
+def test_pip_resolves_exactly_one_runtime(extra, want, tmp_path):
+    target = f"{ROOT}[{extra}]" if extra else str(ROOT)
+    report = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                        "--report", str(report), target], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        if any(w in r.stderr for w in ("Could not find a version", "No matching distribution", "NewConnection",
+                                       "Temporary failure", "Max retries")):
+            pytest.skip(f"no package index reachable for pip's resolver: {r.stderr.strip().splitlines()[-1]}")
+        raise AssertionError(r.stderr)
+    got = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
+    runtimes = {n: v for n, v in got.items() if n in ORT}
+    if want is None:
+        assert runtimes == {}
+        return
+    name, bound = want
+    assert list(runtimes) == [name]
+    major_minor = tuple(int(x) for x in runtimes[name].split(".")[:2])
+    if bound == "1.26":
+        assert major_minor < (1, 27)
+    elif bound == "1.27":
+        assert major_minor >= (1, 27)
+
+
+def run_cli(prelude, *args, cwd):
+    code = (f"import sys\n{prelude}\nfrom bertfeat.cli import main\nsys.exit(main({list(args)!r}))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_two_runtimes_installed_is_one_line_for_cuda(tmp_path, msgs_csv):
+    from test_cli import one_line_error
+    fake = tmp_path / "site"
+    info = fake / "onnxruntime_gpu-1.26.0.dist-info"  # as if pip had installed the GPU build too
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime-gpu\nVersion: 1.26.0\n")
+    prelude = f"sys.path.insert(0, {str(fake)!r})"
+    common = ["-d", "d", "--db_dir", str(tmp_path), "-t", "msgs", "-c", "user_id", "--add_bert",
+              "--bert_model", "sentence-transformers/all-MiniLM-L6-v2"]
+    for device in ("cuda", "auto"):
+        one_line_error(run_cli(prelude, *common, "--device", device, cwd=tmp_path),
+                       "onnxruntime-gpu 1.26.0", "are installed", "pip uninstall -y onnxruntime onnxruntime-gpu")
+
+
+def test_no_runtime_installed_is_one_line(tmp_path):
+    from test_cli import one_line_error
+    prelude = "sys.modules['onnxruntime'] = None  # as if neither build were installed"
+    one_line_error(run_cli(prelude, "-d", "d", "--db_dir", str(tmp_path), "-t", "msgs", "-c", "user_id",
+                           "--add_bert", cwd=tmp_path), "ONNX Runtime is not installed", "bertfeat[cpu]")
