@@ -12,6 +12,8 @@ real tokens/s. Variants (ONNX Runtime dynamic quantization, per-channel s8 weigh
   ffn2-all (0.3)  what bertfeat 0.3 does (exporter.ffn_output_matmuls: MatMuls that read a GELU)
   no-attn    the fused Attention ops kept fp32 (their QKV projection)
   ffn2+attn-out, ffn2+ffn1, last block fp32: more kept in fp32
+  smooth a=A [+ ffn2 fp32]  SmoothQuant-style scale migration (exporter.smooth_activations,
+             calibrated on the exporter's agreement windows, not on msgs100u), then quantized
 Prints the host's ISA and ONNX Runtime version, then one table.
 """
 import argparse
@@ -100,6 +102,10 @@ def main():
     variants = {"all": [], "ffn2-last": ffn2[-1:], "ffn2-all (0.3)": ffn_output_matmuls(fp32 / "model.onnx"),
                 "no-attn": attn, "ffn2+attn-out": ffn2 + attn_out, "ffn2+ffn1": ffn2 + ffn1,
                 "last block fp32": [n for n in mm if f"layer.{depth - 1}/" in n] + attn[-1:]}
+    smooth = {"smooth a=0.5": (0.5, []), "smooth a=0.5 + ffn2 fp32": (0.5, ffn2),
+              "smooth a=0.75": (0.75, []), "smooth a=0.75 + ffn2 fp32": (0.75, ffn2),
+              "smooth a=0.75, ffn2 a=0.95": (0.75, []), "smooth a=0.85, ffn2 a=0.95": (0.85, [])}
+    variants.update({k: v[1] for k, v in smooth.items()})
     if args.variants:
         variants = {k: v for k, v in variants.items() if any(x in k for x in args.variants)}
     work = Path(tempfile.mkdtemp())
@@ -113,10 +119,18 @@ def main():
     print(f"| fp32 | - | " + " | ".join("1 / 1" for _ in layers) + f" | {fp32_rate:,.0f} | 1.00x |", flush=True)
     for vname, exclude in variants.items():
         target = work / f"{vname}.onnx"
-        quantize_dynamic(str(fp32 / "model.onnx"), str(target), per_channel=True, reduce_range=False,
+        source = fp32 / "model.onnx"
+        if vname in smooth:
+            from bertfeat.exporter import agreement_feeds, smooth_activations
+            m = read_manifest(fp32)
+            source = smooth_activations(source, work / f"{vname}-smooth.onnx",
+                                        agreement_feeds(fp32 / "tokenizer.json", m["inputs"], depth),
+                                        alpha=smooth[vname][0], skip=exclude,
+                                        alphas={n: 0.95 for n in ffn2} if "ffn2 a=" in vname else None)
+        quantize_dynamic(str(source), str(target), per_channel=True, reduce_range=False,
                          weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                          extra_options={"DefaultTensorType": 1})
-        entry = work / vname
+        entry = work / vname.replace(" ", "_").replace("=", "")
         entry.mkdir()
         os.replace(target, entry / "model.onnx")
         for f in ("tokenizer.json",):

@@ -239,3 +239,20 @@ def test_export_model_and_list_models_from_the_cli(tiny, tmp_path):
     r = cli("--list_models")
     assert r.returncode == 0 and "depth 1/3 fp32 max error" in r.stdout and " ok " in r.stdout
     assert "depth 1/3 fp16 min cosine to fp32 " in r.stdout
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_int8_agrees_on_every_layer_of_each_family(family, tiny, tmp_path):
+    """Measured here on real msgs100u windows, every layer (not read back from the manifest)."""
+    from bertfeat.models import MIN_COSINE, usable_layers
+    from test_precision import real_windows
+    cache = str(tmp_path)
+    fp32, int8 = Encoder(locate(tiny[family], 3, "fp32", cache)), Encoder(locate(tiny[family], 3, "int8", cache))
+    windows = real_windows(fp32, 150)
+    ref, got = fp32.run(windows, [0, 1, 2]), int8.run(windows, [0, 1, 2])
+    for k in range(3):
+        a = np.stack([r[k].mean(0) for r in ref])
+        b = np.stack([g[k].mean(0) for g in got])
+        worst = ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min()
+        assert worst >= MIN_COSINE, (family, k, worst)
+    assert usable_layers(int8.manifest) == [0, 1, 2]

@@ -31,7 +31,7 @@ def test_message_vectors_agree_with_fp32(precision, msgs100u_features, capsys):
     a, b = message_vectors(conn, fp32["message_table"]), message_vectors(conn, s["message_table"])
     assert a.keys() == b.keys() and len(a) == 741
     cos = [a[k] @ b[k] / np.linalg.norm(a[k]) / np.linalg.norm(b[k]) for k in a]
-    assert min(cos) >= MIN_COSINE, min(cos)  # int8: 0.9965 on the AMD EPYC where this was written
+    assert min(cos) >= (0.998 if precision == "int8" else MIN_COSINE), min(cos)  # issue 10: int8 >= 0.998
     manifest = read_manifest(locate(MODEL, 5, precision, msgs100u_features["model_dir"]))
     assert manifest["precision"] == precision and 4 in usable_layers(manifest)
     if precision == "fp16":
