@@ -30,6 +30,25 @@ def flops_per_token(hidden, inter, layers, mean_len):
     return layers * 2 * (4 * hidden * hidden + 2 * hidden * inter + 2 * mean_len * hidden)
 
 
+def cpu_isa():
+    """The CPU's name and the instruction sets ONNX Runtime's int8 kernels choose between
+    (MLAS dispatches on them at run time: AVX2 u8s8, AVX-512 BW, AVX-512/AVX VNNI, AMX)."""
+    name, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and name == "unknown CPU":
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = [label for flag, label in (("avx2", "AVX2"), ("avx512bw", "AVX-512"), ("avx512_vnni", "AVX-512 VNNI"),
+                                     ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX-INT8")) if flag in flags]
+    best = isa[-1] if isa else "no AVX2"
+    return f"{name}; ISA {', '.join(isa) or 'none'}; int8 kernels use the best of these: {best}"
+
+
 def gemm_rate():
     import numpy as np
     a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
@@ -145,6 +164,7 @@ def main():
     mean_len = res["a"]["mean_len"]
     full = flops_per_token(384, 1536, 6, mean_len)
     five = flops_per_token(384, 1536, 5, mean_len)
+    print(f"CPU: {cpu_isa()}")
     print(f"msgs100u windows: {res['a']['windows']} windows, {res['a']['real']} real tokens"
           f" (mean {mean_len:.0f}/window); {os.cpu_count()} CPUs; fp32 GEMM 2048^3: numpy"
           f" {res['gemm']['gflops']:.0f} GFLOP/s, ONNX Runtime {res['gemm']['ort_gflops']:.0f} GFLOP/s"

@@ -5,8 +5,14 @@ import sys
 from .errors import BertfeatError
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line, as every other error (argparse would print the whole usage first)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="bertfeat",
         description="Contextual-embedding features from messages, DLATK-compatible and fast.",
         allow_abbrev=False)
@@ -171,7 +177,8 @@ def run(args):
             precision=args.precision, batch_tokens=args.batch_tokens, threads=args.threads,
             model_dir=args.model_dir, stage_dir=args.stage_dir, progress=progress, **_conn(args))
         print(f"add_bert: {s['groups']} groups from {s['messages']} messages ({s['embedded']} distinct texts embedded,"
-              f" {s['reused']} messages reused from the stage), skipped {_skipped(s['skipped'])};"
+              f" {s['reused']} messages whose text was already staged, by this run or an earlier one, reused),"
+              f" skipped {_skipped(s['skipped'])};"
               f" {s['windows']} windows, {s['tokens']} tokens in {s['seconds']} s -> table {s['table']}"
               + (f" and {s['message_table']}" if s["message_table"] else ""))
         did = True
@@ -221,6 +228,11 @@ def main(argv=None):
             return 2
         if type(e).__module__.startswith("pymysql") and len(args_) == 2:  # (errno, message)
             first = f"{args_[0]} {str(args_[1]).strip().splitlines()[0]}"
+        elif "No space left" in str(e) or "Could not write file" in str(e):
+            print("bertfeat: error: the disk is full (" + str(e).strip().splitlines()[0][:160] + "): free some"
+                  " space, or point --stage_dir / --db_dir at another disk, then run the same command again"
+                  " (finished chunks are kept)", file=sys.stderr)
+            return 2
         else:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"bertfeat: error: database: {first}", file=sys.stderr)

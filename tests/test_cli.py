@@ -85,3 +85,14 @@ def test_add_bert_errors_are_one_line(dla, tmp_path):
     import onnxruntime
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         one_line_error(bertfeat(*common, "--device", "cuda"), "--device cuda needs onnxruntime-gpu")
+
+
+def test_a_mistyped_flag_is_one_line(tmp_path):
+    one_line_error(bertfeat("--frobnicate"), "unrecognized arguments: --frobnicate", "--help")
+    one_line_error(bertfeat("-d", "x", "--precision"), "--precision", "expected one argument")
+
+
+def test_a_missing_feature_table_points_at_add_bert(dla):
+    one_line_error(bertfeat("-d", "dla", "--db_dir", dla, "-f", "feat$nope$msgs$user_id$16to16",
+                            "--outcome_table", "msgs", "--outcomes", "user_id", "--nfold_test_regression"),
+                   "not found", "--add_bert")

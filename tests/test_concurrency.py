@@ -150,5 +150,10 @@ def test_mysql_concurrent_runs_and_a_reader_during_the_swap(tiny_bert, tmp_path,
     assert tables == [first["table"]] * 2
     assert errors == [] and polls[0] > 10
     assert feature_rows(db, conn, first["table"]) == expected
+    # two runs that both create a table that is not there yet
+    runs = [start(db, tiny_bert, conn, tmp_path / f"n{k}", 2) for k in (1, 2)]
+    new = [finish(r)[0] for r in runs]
+    assert new[0] == new[1]
     with connect(db, **conn) as engine:
+        assert new[0] in engine.tables()
         assert [t for t in engine.tables() if t.startswith("bertfeat_tmp")] == []

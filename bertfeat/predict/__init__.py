@@ -77,7 +77,14 @@ def _model(kind, alpha, inner_folds=5):
     if kind == "ridge":
         return Ridge(alpha=alpha)
     if kind == "lr":  # C chosen by an inner stratified CV, never more folds than a class has groups
-        return LogisticRegressionCV(Cs=10, max_iter=2000, cv=inner_folds)
+        import inspect
+        extra = {}  # current scikit-learn's explicit choices, where it has them (no FutureWarnings)
+        params = inspect.signature(LogisticRegressionCV).parameters
+        if "use_legacy_attributes" in params:
+            extra["use_legacy_attributes"] = False
+        if "l1_ratios" in params and "use_legacy_attributes" in params:
+            extra["l1_ratios"] = (0.0,)  # plain L2, as before
+        return LogisticRegressionCV(Cs=10, max_iter=2000, cv=inner_folds, scoring="accuracy", **extra)
     raise BertfeatError(f"unknown --model {kind!r}: choose ridgecv or ridge (regression), lr (classifiers)")
 
 

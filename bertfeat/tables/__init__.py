@@ -130,7 +130,9 @@ class Engine:
         if not self.table_exists(table):
             raise BertfeatError(
                 f"table {table!r} not found in {self.kind} database {self.db!r}"
-                " (see --show_feature_tables / --ls; import one with --import_csv FILE)")
+                " (see --show_feature_tables / --ls; "
+                + ("make it with --add_bert)" if table.startswith("feat$") else
+                   "import one with --import_csv FILE)"))
         have = [c for c, _ in self.columns(table)]
         for col in columns:
             if col not in have:

@@ -155,12 +155,20 @@ class MySQLEngine(Engine):
         return f"{n}:{total or 0}"
 
     def swap_in(self, tmp, table):
-        if not self.table_exists(table):
-            self.rename_table(tmp, table)
-            return
-        old = self.temp_name(table)
-        self.execute(f"RENAME TABLE {self.q(table)} TO {self.q(old)}, {self.q(tmp)} TO {self.q(table)}")
-        self.execute(f"DROP TABLE {self.q(old)}")
+        # RENAME TABLE is atomic; another run may create or swap `table` between our look and our
+        # rename, so a rename that finds the table (not) there is retried the other way.
+        for attempt in range(5):
+            try:
+                if not self.table_exists(table):
+                    self.rename_table(tmp, table)
+                    return
+                old = self.temp_name(table)
+                self.execute(f"RENAME TABLE {self.q(table)} TO {self.q(old)}, {self.q(tmp)} TO {self.q(table)}")
+                self.execute(f"DROP TABLE {self.q(old)}")
+                return
+            except pymysql.err.MySQLError as e:
+                if attempt == 4 or not e.args or e.args[0] not in (ER.TABLE_EXISTS_ERROR, ER.NO_SUCH_TABLE):
+                    raise
 
     def copy_schema(self, src, dst, text_column):
         self.execute(f"CREATE TABLE {self.q(dst)} LIKE {self.q(src)}")
