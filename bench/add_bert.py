@@ -1,6 +1,6 @@
 """Benchmark: --add_sent_tokenized + --add_bert on msgs100u with all-MiniLM-L6-v2, all in one run.
 
-    .venv/bin/python bench/add_bert.py [--limit N] [--csv ../shared/data/msgs100u.csv]
+    .venv/bin/python bench/add_bert.py [--limit N] [--csv tests/data/msgs100u.csv]
 
 Each part runs in its own process (so peak RSS is its own) on the same machine, same run:
   baseline   DLATK-style: PyTorch fp32 eager, the full model, windows batched 32 at a time per
@@ -25,7 +25,7 @@ from pathlib import Path
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CSV = ROOT.parent / "shared" / "data" / "msgs100u.csv"
+DEFAULT_CSV = ROOT / "tests" / "data" / "msgs100u.csv"  # copied from shared/data
 
 
 def windows_by_group(work, csv_path, limit, model_dir):

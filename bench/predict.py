@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from add_bert import DEFAULT_CSV, MODEL, ROOT  # noqa: E402
 
-USERS = ROOT.parent / "shared" / "data" / "users100.csv"
+USERS = ROOT / "tests" / "data" / "users100.csv"  # copied from shared/data
 
 
 def main():
