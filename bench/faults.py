@@ -224,8 +224,8 @@ class Case:
 
 
 def run_case(case, name, ref):
-    """Run one named fault; returns (what happened, rerun, lost, dup, wrong, leftovers)."""
-    c, e = case, case.engine
+    """Run one named fault; returns (what happened, (lost, duplicated, differ, temp tables left))."""
+    c = case
     if name == "kill -9 at start":
         db, conn, stage = c.fresh(name)
         p = child(c.spec(db, conn, stage))

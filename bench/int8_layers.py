@@ -116,7 +116,7 @@ def main():
     for w in ws:
         enc.run([w], layers)
     fp32_rate = tokens / (time.perf_counter() - t)
-    print(f"| fp32 | - | " + " | ".join("1 / 1" for _ in layers) + f" | {fp32_rate:,.0f} | 1.00x |", flush=True)
+    print("| fp32 | - | " + " | ".join("1 / 1" for _ in layers) + f" | {fp32_rate:,.0f} | 1.00x |", flush=True)
     for vname, exclude in variants.items():
         target = work / f"{vname}.onnx"
         source = fp32 / "model.onnx"

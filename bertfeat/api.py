@@ -42,7 +42,7 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
     check_name(table, "table name")
     out = check_name(f"{table}_stoks", "sentence table name")
     partial = check_name(f"{out}__partial", "sentence table name")
-    with connect(db, **conn) as engine:
+    with connect(db, **conn) as engine, engine.hold():  # let go of a DuckDB file while splitting
         columns = engine.require_table(table, [messageid_field, message_field])
         summary = {"table": out, "read": 0, "written": 0, "skipped": {}, "resumed_after": None}
         if engine.table_exists(out):
@@ -79,13 +79,14 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
         with Progress("sentences", total, enabled=progress) as bar:
             for rows in batches:
                 out_rows = []
-                for row in rows:
-                    if row[msg_index] is None:
-                        summary["skipped"]["NULL message"] = summary["skipped"].get("NULL message", 0) + 1
-                        continue
-                    row = list(row)
-                    row[msg_index] = json.dumps(split_sentences(row[msg_index]), ensure_ascii=False)
-                    out_rows.append(row)
+                with engine.released():
+                    for row in rows:
+                        if row[msg_index] is None:
+                            summary["skipped"]["NULL message"] = summary["skipped"].get("NULL message", 0) + 1
+                            continue
+                        row = list(row)
+                        row[msg_index] = json.dumps(split_sentences(row[msg_index]), ensure_ascii=False)
+                        out_rows.append(row)
                 engine.insert_rows(partial, columns, out_rows)
                 engine.commit()
                 summary["read"] += len(rows)

@@ -204,7 +204,9 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
     check_name(correl_field, "correl field")
     name = canonical_name(bert_model)
 
-    with connect(db, **conn) as engine:
+    # DuckDB: the file is held for the job's reads and writes, and let go during its long compute
+    # (export, inference), so other processes get in between chunks (tables/duck.py)
+    with connect(db, **conn) as engine, engine.hold():
         stoks = f"{table}_stoks"
         source = stoks if engine.table_exists(stoks) else table
         engine.require_table(source, [messageid_field, correl_field, message_field])
@@ -216,7 +218,8 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
                                   f"{db}.bertfeat_stage.duckdb")
         if os.path.exists(stage_path):
             open_stage(stage_path, lock_timeout=conn.get("lock_timeout")).close()  # unreadable: say so now
-        n_layers = model_layers(name, model_dir)
+        with engine.released():
+            n_layers = model_layers(name, model_dir)
         layers = normalize_layers(bert_layers, n_layers)
         if source == table:
             notice(f"{stoks} not found: splitting sentences on the fly (run --add_sent_tokenized to keep them)")
@@ -230,7 +233,8 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
         group_type = _duck_type(types[correl_field])
 
         from .runtime import Encoder, locate
-        entry = locate(name, layers[-1] + 1, precision, model_dir, verify=True)
+        with engine.released():
+            entry = locate(name, layers[-1] + 1, precision, model_dir, verify=True)
         from .models import MIN_COSINE, read_manifest, usable_layers
         manifest = read_manifest(entry)
         weak = [k for k in layers if k not in usable_layers(manifest)]
@@ -266,12 +270,13 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
 
         def embed(messages):
             nonlocal encoder
-            if encoder is None:  # only when something needs inference
-                encoder = Encoder(entry, device=device, threads=threads, batch_tokens=batch_tokens)
-            return embed_messages(encoder, messages, layers, layer_aggs, word_aggs, bert_no_context,
-                                  piece_cache)
+            with engine.released(), stage.released():
+                if encoder is None:  # only when something needs inference
+                    encoder = Encoder(entry, device=device, threads=threads, batch_tokens=batch_tokens)
+                return embed_messages(encoder, messages, layers, layer_aggs, word_aggs, bert_no_context,
+                                      piece_cache)
 
-        with Progress("messages", total, enabled=progress) as bar:
+        with stage.hold(), Progress("messages", total, enabled=progress) as bar:
             for rows in batches:
                 batch = []
                 for mid, gid, message in rows:

@@ -69,3 +69,29 @@ def msgs100u_features(msgs_csv, tmp_path_factory):
     s = bertfeat.add_bert("p", "msgs", "user_id", bert_model="sentence-transformers/all-MiniLM-L6-v2",
                           model_dir=model_dir, stage_dir=str(work), bert_keep_msg=True, progress=False, **conn)
     return {"conn": conn, "summary": s, "model_dir": model_dir, "stage_dir": str(work)}
+
+
+# A child process's prelude that prints "staged N" after each chunk the stage commits.
+NOISY_STAGE = """
+import sys, bertfeat
+from bertfeat.aggregate.groups import Stage
+put = Stage.put
+def noisy(self, rows, *more):
+    put(self, rows, *more)
+    print("staged", len(rows), flush=True)
+Stage.put = noisy
+"""
+
+
+def kill_at(child, prefix, n):
+    """SIGKILL `child` (no cleanup of any kind) once it has printed `n` lines starting with
+    `prefix`; returns how many it printed."""
+    seen = 0
+    for line in child.stdout:
+        if line.startswith(prefix):
+            seen += 1
+            if seen == n:
+                child.kill()
+                break
+    child.wait()
+    return seen

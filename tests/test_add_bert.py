@@ -11,6 +11,7 @@ import pytest
 import bertfeat
 from bertfeat.tables import connect
 
+from conftest import NOISY_STAGE, kill_at
 from reference import Reference, feature_vectors, load_messages
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -167,14 +168,7 @@ def test_reaggregation_and_message_table_need_no_inference(corpus, model_cache, 
     assert len(msg_rows) == first["messages"] * 384 and {f for _, f, _ in msg_rows} == {str(j) for j in range(384)}
 
 
-CHILD = """
-import sys, bertfeat
-from bertfeat.aggregate.groups import Stage
-put = Stage.put
-def noisy(self, rows, *more):
-    put(self, rows, *more)
-    print("staged", len(rows), flush=True)
-Stage.put = noisy
+CHILD = NOISY_STAGE + """
 bertfeat.add_bert("c", "msgs", "user_id", bert_model=sys.argv[1], model_dir=sys.argv[2], stage_dir=sys.argv[3],
                   progress=False, chunk_messages=3, db_engine="duckdb", db_dir=sys.argv[4])
 print("done", flush=True)
@@ -188,15 +182,7 @@ def test_kill_9_then_rerun_gives_the_same_table(kill_after, corpus, model_cache,
     stage = str(tmp_path / "killed")
     child = subprocess.Popen([sys.executable, "-c", CHILD, MODEL, model_cache, stage, conn["db_dir"]],
                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    seen = 0
-    for line in child.stdout:
-        if line.startswith("staged"):
-            seen += 1
-            if seen == kill_after:
-                child.kill()  # SIGKILL: no cleanup of any kind
-                break
-    child.wait()
-    assert seen == kill_after
+    assert kill_at(child, "staged", kill_after) == kill_after
     s = run("c", conn, model_cache, stage)
     assert s["reused"] >= 3 * kill_after - 1 and s["embedded"] < len(messages)
     assert sorted(features("c", s["table"], conn)) == expected

@@ -8,23 +8,16 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 import bertfeat
 from bertfeat.tables import connect
 
+from conftest import NOISY_STAGE
 from test_reliability import big_csv, feature_rows
 
-CHILD = """
-import sys, bertfeat
-from bertfeat.aggregate.groups import Stage
-put = Stage.put
-def noisy(self, rows, *more):
-    put(self, rows, *more)
-    print("staged", len(rows), flush=True)
-Stage.put = noisy
+CHILD = NOISY_STAGE + """
 conn = eval(sys.argv[4])
 s = bertfeat.add_bert(sys.argv[1], "msgs", "user_id", bert_model=sys.argv[2], model_dir=sys.argv[3],
                       stage_dir=sys.argv[5], bert_layers=[int(sys.argv[6])], progress=False, chunk_messages=4,

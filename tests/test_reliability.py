@@ -2,7 +2,6 @@
 import csv
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import bertfeat
 from bertfeat.tables import connect
 from bertfeat.text.sentences import split_sentences
 
-from conftest import MSGS_CSV
+from conftest import MSGS_CSV, kill_at
 from test_cli import bertfeat as cli
 from test_cli import one_line_error
 
@@ -115,15 +114,7 @@ def big_csv(path, transform=lambda s: s, copies=4):
 def kill_after(db, conn, batches):
     child = subprocess.Popen([sys.executable, "-c", CHILD, db, repr(conn)], stdout=subprocess.PIPE,
                              text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    seen = 0
-    for line in child.stdout:
-        if line.startswith("wrote"):
-            seen += 1
-            if seen == batches:
-                child.kill()  # SIGKILL: no cleanup of any kind
-                break
-    child.wait()
-    assert seen == batches
+    assert kill_at(child, "wrote", batches) == batches
 
 
 def stoks(db, conn):

@@ -52,6 +52,7 @@ class Stage:
         self.key = stage_key(settings)
         self.table = f"vec_{self.key}"
         self.groups = f"groups_{self.key}_{uuid.uuid4().hex[:8]}"
+        self._held = None
         with self._connection() as con:
             con.execute("CREATE TABLE IF NOT EXISTS stage_settings (key VARCHAR PRIMARY KEY, settings VARCHAR)")
             con.execute("INSERT OR IGNORE INTO stage_settings VALUES (?, ?)",
@@ -62,11 +63,38 @@ class Stage:
 
     @contextlib.contextmanager
     def _connection(self, read_only=False):
+        if self._held is not None:
+            yield self._held
+            return
         con = open_stage(self.path, read_only, self.lock_timeout)
         try:
             yield con
         finally:
             con.close()
+
+    @contextlib.contextmanager
+    def hold(self):
+        """Keep the stage open for a block (the job's chunk loop), except inside released()."""
+        self._held = open_stage(self.path, False, self.lock_timeout)
+        try:
+            yield
+        finally:
+            con, self._held = self._held, None
+            if con is not None:
+                con.close()
+
+    @contextlib.contextmanager
+    def released(self):
+        """Let go of the stage file while inference runs, so another run can use it."""
+        if self._held is None:
+            yield
+            return
+        self._held.close()
+        self._held = None
+        try:
+            yield
+        finally:
+            self._held = open_stage(self.path, False, self.lock_timeout)
 
     def staged(self, message_ids, text_hashes):
         """{message_id: text_hash} already staged, and {text_hash: vec} for the given hashes."""

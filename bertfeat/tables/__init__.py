@@ -4,6 +4,7 @@ Every identifier that reaches SQL goes through `check_name` (a fixed alphabet) a
 engine's `quote`; every value goes through parameters. SQL here uses `?` placeholders;
 the MySQL engine maps them to the driver's `%s`.
 """
+import contextlib
 import hashlib
 import os
 import re
@@ -55,7 +56,8 @@ def connect(db, db_engine="duckdb", db_dir=None, mysql_config_file=None, mysql_h
         from .mysql import MySQLEngine
         engine = MySQLEngine(db, config_file=mysql_config_file, host=mysql_host, port=mysql_port,
                              user=mysql_user, create=create)
-    engine.drop_stale_temps()
+    with engine.hold():
+        engine.drop_stale_temps()
     return engine
 
 
@@ -98,14 +100,26 @@ class Engine:
         total = self.query(f"SELECT count(*) FROM {self.q(table)} WHERE {mid} IS NOT NULL{where}", params)[0][0]
         null_ids = self.query(f"SELECT count(*) FROM {self.q(table)} WHERE {mid} IS NULL")[0][0]
         select = ", ".join(self.q(c, "column name") for c in columns)
-        sql = f"SELECT {select} FROM {self.q(table)} WHERE {mid} IS NOT NULL{where} ORDER BY {mid}"
-        return total, null_ids, self.stream(sql, params, batch_size)
+        rest = f"FROM {self.q(table)} WHERE {mid} IS NOT NULL{where}"
+        return total, null_ids, self._in_id_order(select, rest, mid, params, batch_size)
+
+    def _in_id_order(self, select, rest, mid, params, batch_size):
+        """Batches of `SELECT select rest` ordered by `mid`: one streamed query."""
+        return self.stream(f"SELECT {select} {rest} ORDER BY {mid}", params, batch_size)
 
     def commit(self):
         raise NotImplementedError
 
     def close(self):
         raise NotImplementedError
+
+    def hold(self):
+        """Keep the database open for a block (DuckDB; a server connection is always open)."""
+        return contextlib.nullcontext()
+
+    def released(self):
+        """Let go of the database for a block of long work inside a hold() (DuckDB)."""
+        return contextlib.nullcontext()
 
     def __enter__(self):
         return self

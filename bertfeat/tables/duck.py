@@ -17,10 +17,11 @@ DEFAULT_LOCK_TIMEOUT = 600.0  # seconds a run waits for a DuckDB file another pr
 
 class DuckEngine(Engine):
     """DuckDB lets one process at a time open a database file for writing, and none while another
-    writes. So the file is opened per operation (a chunk read, a write) and closed right after:
-    during an hours-long --add_bert, --ls, a notebook or a second run get in between chunks.
-    `hold()` keeps one connection for a multi-statement step (a transaction). A file another
-    process holds is waited for, with a notice, up to `lock_timeout` seconds."""
+    writes. So bertfeat holds the file only while it reads or writes: outside `hold()` each
+    operation opens and closes it; a job holds it throughout except for its long compute
+    (`released()` around inference and sentence splitting), so during an hours-long --add_bert,
+    --ls, a notebook or a second run get in between chunks. A file another process holds is
+    waited for, with a notice, up to `lock_timeout` seconds."""
     kind = "duckdb"
 
     def __init__(self, db, db_dir, create=False, lock_timeout=None):
@@ -34,8 +35,6 @@ class DuckEngine(Engine):
                 " or point --db_dir / BERTFEAT_DB_DIR at the folder that holds it)")
         if create:
             os.makedirs(db_dir, exist_ok=True)
-        with self.hold():
-            pass  # the file opens (or waits for its lock) here, before any work
 
     def _open(self):
         try:
@@ -54,9 +53,24 @@ class DuckEngine(Engine):
             yield self._con
         finally:
             self._holds -= 1
-            if self._holds == 0:
+            if self._holds == 0 and self._con is not None:
                 con, self._con = self._con, None
                 con.close()
+
+    @contextlib.contextmanager
+    def released(self):
+        """Inside a job-long hold(): let go of the file for a block of long work that needs no
+        database (inference, sentence splitting), then take it back (waiting if needed)."""
+        if self._con is None:
+            yield
+            return
+        self._con.close()
+        self._con = None
+        try:
+            yield
+        finally:
+            if self._holds:
+                self._con = self._open()
 
     @property
     def con(self):
@@ -95,30 +109,22 @@ class DuckEngine(Engine):
             finally:
                 cur.close()
 
-    def by_id(self, table, id_field, columns, batch_size=1000, from_id=None):
-        """As Engine.by_id, but each batch is its own short read (keyset on (id, rowid)), so the
-        file is free between batches however long the caller works on each."""
-        mid = self.q(id_field, "column name")
-        where, params = (f" AND {mid} >= ?", [from_id]) if from_id is not None else ("", [])
-        total = self.query(f"SELECT count(*) FROM {self.q(table)} WHERE {mid} IS NOT NULL{where}", params)[0][0]
-        null_ids = self.query(f"SELECT count(*) FROM {self.q(table)} WHERE {mid} IS NULL")[0][0]
-        select = ", ".join(self.q(c, "column name") for c in columns)
-        base = f"SELECT {select}, {mid}, rowid FROM {self.q(table)} WHERE {mid} IS NOT NULL{where}"
-        n = len(columns)
-
-        def batches():
-            after = None
-            while True:
-                sql, args = base, list(params)
-                if after is not None:
-                    sql += f" AND ({mid} > ? OR ({mid} = ? AND rowid > ?))"
-                    args += [after[0], after[0], after[1]]
-                rows = self.query(sql + f" ORDER BY {mid}, rowid LIMIT {int(batch_size)}", args)
-                if not rows:
-                    return
-                after = rows[-1][n:]
-                yield [r[:n] for r in rows]
-        return total, null_ids, batches()
+    def _in_id_order(self, select, rest, mid, params, batch_size):
+        """Each batch its own short read (keyset on (id, rowid)), so the file is free between
+        batches however long the caller works on each."""
+        base = f"SELECT {select}, {mid}, rowid {rest}"
+        n_columns = len(select.split(", "))
+        after = None
+        while True:
+            sql, args = base, list(params)
+            if after is not None:
+                sql += f" AND ({mid} > ? OR ({mid} = ? AND rowid > ?))"
+                args += [after[0], after[0], after[1]]
+            rows = self.query(sql + f" ORDER BY {mid}, rowid LIMIT {int(batch_size)}", args)
+            if not rows:
+                return
+            after = rows[-1][n_columns:]
+            yield [r[:n_columns] for r in rows]
 
     def insert_from_file(self, table, path, alias, sql, params):
         """INSERT INTO table the rows of `sql`, run here over DuckDB file `path` attached read-only
