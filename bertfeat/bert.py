@@ -237,10 +237,10 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
             entry = locate(name, layers[-1] + 1, precision, model_dir, verify=True)
         from .models import MIN_COSINE, read_manifest, usable_layers
         manifest = read_manifest(entry)
-        weak = [k for k in layers if k not in usable_layers(manifest)]
+        ok = usable_layers(manifest)
+        weak = [k for k in layers if k not in ok]
         if weak:
             per_layer = manifest.get("fp32_layer_cosine") or []
-            ok = usable_layers(manifest)
             shown = ", ".join(f"layer {k} {per_layer[k]:.4f}" if k < len(per_layer) else f"layer {k}" for k in weak)
             raise BertfeatError(
                 f"--precision {precision} of {name} does not agree with fp32 closely enough on this"

@@ -168,5 +168,3 @@ class Stage:
             while batch := cur.fetchmany(batch_size):
                 yield batch
 
-    def close(self):
-        pass  # nothing is held between operations
