@@ -340,6 +340,7 @@ def _stage_chunk(stage, batch, embed, counts, skip):
             else:
                 staged_rows.extend((mid, h, vec) for mid in todo[h][1])
                 counts["embedded"] += 1
+                counts["reused"] += len(todo[h][1]) - 1  # the same text again in this chunk
     used = []
     for mid, gid, _, h in batch:
         if h in empty:

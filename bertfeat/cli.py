@@ -177,7 +177,7 @@ def run(args):
             precision=args.precision, batch_tokens=args.batch_tokens, threads=args.threads,
             model_dir=args.model_dir, stage_dir=args.stage_dir, progress=progress, **_conn(args))
         print(f"add_bert: {s['groups']} groups from {s['messages']} messages ({s['embedded']} distinct texts embedded,"
-              f" {s['reused']} messages whose text was already staged, by this run or an earlier one, reused),"
+              f" {s['reused']} messages reusing the vector of an identical text),"
               f" skipped {_skipped(s['skipped'])};"
               f" {s['windows']} windows, {s['tokens']} tokens in {s['seconds']} s -> table {s['table']}"
               + (f" and {s['message_table']}" if s["message_table"] else ""))

@@ -87,7 +87,7 @@ def test_duckdb_readers_and_a_second_run_get_in_during_a_run(tiny_bert, tmp_path
     for table, layer in ((ta, 1), (tb, 2)):  # both equal a run made alone
         alone = bertfeat.add_bert("c", "msgs", "user_id", bert_model=model, model_dir=cache, bert_layers=[layer],
                                   stage_dir=str(tmp_path / f"alone{layer}"), progress=False, **conn)
-        assert alone["table"] == table and alone["reused"] == 0
+        assert alone["table"] == table and alone["embedded"] > 0
         assert feature_rows("c", conn, table) == feature_rows("c", conn, alone["table"])
 
 
