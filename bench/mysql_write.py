@@ -68,14 +68,18 @@ def batches(rows, n):
         yield rows[i:i + n]
 
 
-def m_connector_executemany(table, cols, rows):
-    con = connector()
+def executemany(con, table, cols, rows):
+    """The driver's own multi-row executemany, 2,000 rows per call, a commit after each."""
     cur = con.cursor()
     sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})"
     for b in batches(rows, 2000):
         cur.executemany(sql, b)
         con.commit()
     con.close()
+
+
+def m_connector_executemany(table, cols, rows):
+    executemany(connector(), table, cols, rows)
 
 
 def m_connector_prepared(table, cols, rows, per=1000):
@@ -101,13 +105,7 @@ def m_connector_cmd_query(table, cols, rows):
 
 
 def m_pymysql_executemany(table, cols, rows):
-    con = pymysql_con()
-    cur = con.cursor()
-    sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})"
-    for b in batches(rows, 2000):
-        cur.executemany(sql, b)
-        con.commit()
-    con.close()
+    executemany(pymysql_con(), table, cols, rows)
 
 
 def m_pymysql_load_data(table, cols, rows):
