@@ -14,7 +14,7 @@ import uuid
 import duckdb
 
 from ..errors import BertfeatError
-from ..tables.duck import insert_columns, waiting_for_lock
+from ..tables.duck import HeldFile, insert_columns, waiting_for_lock
 from . import ABBR
 
 DUCK_AGG = {"mean": "avg", "median": "median", "max": "max", "min": "min", "sum": "sum",
@@ -52,7 +52,7 @@ class Stage:
         self.key = stage_key(settings)
         self.table = f"vec_{self.key}"
         self.groups = f"groups_{self.key}_{uuid.uuid4().hex[:8]}"
-        self._held = None
+        self._file = HeldFile(lambda: open_stage(path, False, lock_timeout))
         with self._connection() as con:
             con.execute("CREATE TABLE IF NOT EXISTS stage_settings (key VARCHAR PRIMARY KEY, settings VARCHAR)")
             con.execute("INSERT OR IGNORE INTO stage_settings VALUES (?, ?)",
@@ -63,8 +63,8 @@ class Stage:
 
     @contextlib.contextmanager
     def _connection(self, read_only=False):
-        if self._held is not None:
-            yield self._held
+        if self._file.con is not None:  # held by the job's chunk loop
+            yield self._file.con
             return
         con = open_stage(self.path, read_only, self.lock_timeout)
         try:
@@ -72,29 +72,13 @@ class Stage:
         finally:
             con.close()
 
-    @contextlib.contextmanager
     def hold(self):
         """Keep the stage open for a block (the job's chunk loop), except inside released()."""
-        self._held = open_stage(self.path, False, self.lock_timeout)
-        try:
-            yield
-        finally:
-            con, self._held = self._held, None
-            if con is not None:
-                con.close()
+        return self._file.hold()
 
-    @contextlib.contextmanager
     def released(self):
         """Let go of the stage file while inference runs, so another run can use it."""
-        if self._held is None:
-            yield
-            return
-        self._held.close()
-        self._held = None
-        try:
-            yield
-        finally:
-            self._held = open_stage(self.path, False, self.lock_timeout)
+        return self._file.released()
 
     def staged(self, message_ids, text_hashes):
         """{message_id: text_hash} already staged, and {text_hash: vec} for the given hashes."""

@@ -14,8 +14,9 @@ import uuid
 from ..errors import BertfeatError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_$]+$")
+ENGINES = ("duckdb", "mysql")
 TEMP_PREFIX = "bertfeat_tmp_"
-TEMP_RE = re.compile(r"^bertfeat_tmp_([0-9a-f]{8})_([0-9]+)_[0-9a-f]{8}$")
+TEMP_RE = re.compile(rf"^{TEMP_PREFIX}([0-9a-f]{{8}})_([0-9]+)_[0-9a-f]{{8}}$")
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
@@ -27,7 +28,6 @@ def _alive(pid):
         return False
     except PermissionError:
         return True
-ENGINES = ("duckdb", "mysql")
 
 
 def check_name(name, what="name", max_len=64):

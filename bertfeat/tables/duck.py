@@ -28,7 +28,7 @@ class DuckEngine(Engine):
         self.db = db
         self.path = os.path.join(db_dir, f"{db}.duckdb")
         self.lock_timeout = DEFAULT_LOCK_TIMEOUT if lock_timeout is None else float(lock_timeout)
-        self._con, self._holds = None, 0
+        self._file = HeldFile(self._open)
         if not create and not os.path.exists(self.path):
             raise BertfeatError(
                 f"database {db!r} not found: no file {self.path} (import data with --import_csv FILE,"
@@ -43,40 +43,14 @@ class DuckEngine(Engine):
             first = str(e).strip().splitlines()[0]
             raise BertfeatError(f"cannot open DuckDB file {self.path}: {first}") from e
 
-    @contextlib.contextmanager
     def hold(self):
         """One connection for the block (nested holds share it); closed when the outermost ends."""
-        if self._con is None:
-            self._con = self._open()
-        self._holds += 1
-        try:
-            yield self._con
-        finally:
-            self._holds -= 1
-            if self._holds == 0 and self._con is not None:
-                con, self._con = self._con, None
-                con.close()
+        return self._file.hold()
 
-    @contextlib.contextmanager
     def released(self):
         """Inside a job-long hold(): let go of the file for a block of long work that needs no
         database (inference, sentence splitting), then take it back (waiting if needed)."""
-        if self._con is None:
-            yield
-            return
-        self._con.close()
-        self._con = None
-        try:
-            yield
-        finally:
-            if self._holds:
-                self._con = self._open()
-
-    @property
-    def con(self):
-        if self._con is None:
-            raise RuntimeError("DuckEngine.con outside hold()")
-        return self._con
+        return self._file.released()
 
     def quote(self, name):
         return '"' + name.replace('"', '""') + '"'
@@ -204,6 +178,41 @@ class DuckEngine(Engine):
         digest = hashlib.sha1(table.encode()).hexdigest()[:12]
         self.execute(f"CREATE INDEX IF NOT EXISTS {self.q('gi_' + digest)} ON {self.q(table)} (group_id)")
         self.execute(f"CREATE INDEX IF NOT EXISTS {self.q('fi_' + digest)} ON {self.q(table)} (feat)")
+
+
+class HeldFile:
+    """A DuckDB file opened only while in use: `hold()` keeps one connection for a block (nested
+    holds share it, the outermost closes it); `released()` lets go of it inside a hold for long
+    work and takes it back after. `open_` makes a connection (waiting for the lock)."""
+
+    def __init__(self, open_):
+        self._open, self.con, self._holds = open_, None, 0
+
+    @contextlib.contextmanager
+    def hold(self):
+        if self.con is None:
+            self.con = self._open()
+        self._holds += 1
+        try:
+            yield self.con
+        finally:
+            self._holds -= 1
+            if self._holds == 0 and self.con is not None:
+                con, self.con = self.con, None
+                con.close()
+
+    @contextlib.contextmanager
+    def released(self):
+        if self.con is None:
+            yield
+            return
+        self.con.close()
+        self.con = None
+        try:
+            yield
+        finally:
+            if self._holds:
+                self.con = self._open()
 
 
 def waiting_for_lock(open_it, path, timeout=None):
