@@ -233,8 +233,9 @@ def test_small_input_errors_are_one_line(tmp_path, msgs_csv):
     conn = ["-d", "d", "--db_dir", str(tmp_path)]
     assert cli(*conn, "-t", "msgs", "--import_csv", msgs_csv).returncode == 0
     bert = [*conn, "-t", "msgs", "-c", "user_id", "--add_bert", "--model_dir", str(tmp_path / "models")]
-    for folder in ("/tmp", "../../etc", str(tmp_path)):
-        one_line_error(cli(*bert, "--bert_model", folder), "no config.json")
+    (tmp_path / "sub" / "empty").mkdir(parents=True)
+    for folder in ("/tmp", "../empty", str(tmp_path)):  # relative folders are read from the cwd
+        one_line_error(cli(*bert, "--bert_model", folder, cwd=tmp_path / "sub" / "empty"), "no config.json")
     for flag, value in (("--batch_tokens", "0"), ("--threads", "0"), ("--threads", "-1")):
         one_line_error(cli(*bert, flag, value), flag, "positive")
     (tmp_path / "d.bertfeat_stage.duckdb").write_bytes(b"DUCK" * 5000)  # a truncated, unreadable stage
