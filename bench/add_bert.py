@@ -31,9 +31,10 @@ DEFAULT_CSV = ROOT / "tests" / "data" / "msgs100u.csv"  # copied from shared/dat
 def windows_by_group(work, csv_path, limit, model_dir):
     """bertfeat's windows for the corpus, grouped per user in table order, and the encoder."""
     import bertfeat
-    from bertfeat.bert import _chunks
-    from bertfeat.runtime import Encoder, locate
+    from bertfeat.exporter import locate
+    from bertfeat.runtime import Encoder
     from bertfeat.tables import connect
+    from bertfeat.text import windows
     conn = {"db_engine": "duckdb", "db_dir": work}
     if not os.path.exists(os.path.join(work, "w.duckdb")):
         bertfeat.import_csv("w", "msgs", csv_path, progress=False, **conn)
@@ -42,14 +43,12 @@ def windows_by_group(work, csv_path, limit, model_dir):
         rows = engine.query("SELECT message_id, user_id, message FROM msgs_stoks ORDER BY message_id")
     rows = rows[:limit] if limit else rows
     encoder = Encoder(locate(MODEL, 5, "fp32", model_dir))
-    limit_p = (encoder.max_positions - 3) // 2
+    tokenizer = windows.load_tokenizer(encoder.entry / "tokenizer.json")
+    template, limit_p = windows.learn_template(tokenizer), windows.piece_limit(encoder.max_positions)
     groups = {}
     for _, user, message in rows:
-        sents = _chunks(encoder.word_pieces(json.loads(message)), limit_p)
-        ws = groups.setdefault(user, [])
-        if len(sents) == 1:
-            ws.append(encoder.window(sents[0])[:2])
-        ws.extend(encoder.window(sents[i], sents[i + 1])[:2] for i in range(len(sents) - 1))
+        sents = windows.split_long(windows.word_pieces(tokenizer, json.loads(message)), limit_p)
+        groups.setdefault(user, []).extend(windows.plan(template, [sents]).windows)
     return groups, encoder, len(rows)
 
 
@@ -139,7 +138,7 @@ def run_parts(script, parts, args, work, extra=()):
         cmd = [sys.executable, script, "--part", part, "--work", work, "--csv", args.csv,
                "--limit", str(args.limit), "--model_dir", args.model_dir, *extra]
         out = subprocess.run(cmd, capture_output=True, text=True)
-        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if not line:
             sys.exit(f"part {part} failed:\n{out.stderr[-3000:]}")
         results[part] = json.loads(line[0][7:])
@@ -164,7 +163,8 @@ def main():
     results = run_parts(__file__, parts, args, work)
     base = results.get("baseline")
     print(f"msgs100u ({results['e2e']['messages']} messages), {MODEL}, {os.cpu_count()} CPUs, one run\n")
-    print(f"| {'run':44s} | {'seconds':>8s} | {'msgs/s':>7s} | {'real tok/s':>10s} | {'vs base':>7s} | {'peak RSS MB':>11s} |")
+    print(f"| {'run':44s} | {'seconds':>8s} | {'msgs/s':>7s} | {'real tok/s':>10s} | {'vs base':>7s}"
+          f" | {'peak RSS MB':>11s} |")
     print(f"|{'-' * 46}|{'-' * 10}|{'-' * 9}|{'-' * 12}|{'-' * 9}|{'-' * 13}|")
     labels = {"baseline": "DLATK-style PyTorch eager, 32/batch per group",
               "inference": "bertfeat runtime only (same windows)",

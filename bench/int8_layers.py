@@ -45,17 +45,14 @@ def isa():
 
 def windows(n, encoder):
     import csv
-    from bertfeat.bert import _chunks
+    from bertfeat.text import windows as w
     from bertfeat.text.sentences import split_sentences
     with open(ROOT / "tests" / "data" / "msgs100u.csv", encoding="utf-8", newline="") as f:
         msgs = [r["message"] for r in csv.DictReader(f)]
-    out = []
-    limit = (encoder.max_positions - 3) // 2
-    for m in msgs:
-        sents = _chunks(encoder.word_pieces(split_sentences(m)), limit)
-        if len(sents) == 1:
-            out.append(encoder.window(sents[0])[:2])
-        out.extend(encoder.window(sents[i], sents[i + 1])[:2] for i in range(len(sents) - 1))
+    tokenizer = w.load_tokenizer(encoder.entry / "tokenizer.json")
+    limit = w.piece_limit(encoder.max_positions)
+    out = w.plan(w.learn_template(tokenizer),
+                 [w.split_long(w.word_pieces(tokenizer, split_sentences(m)), limit) for m in msgs]).windows
     step = max(1, len(out) // n)
     return out[::step][:n]
 

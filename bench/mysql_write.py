@@ -3,7 +3,8 @@
     .venv/bin/python bench/mysql_write.py [--feature_rows 300000] [--text_copies 20]
 
 Needs a server on 127.0.0.1:3306 (root, no password); the mysql-connector-python rows need
-`pip install mysql-connector-python` (bertfeat itself uses PyMySQL since 0.3). Two loads, each method in the same run on the same server:
+`pip install mysql-connector-python` (bertfeat itself uses PyMySQL since 0.3). Two loads, each
+method in the same run on the same server:
   feature  DLATK feature rows (id BIGINT, group_id BIGINT, feat VARCHAR, value DOUBLE,
            group_norm DOUBLE), as --add_bert writes them
   text     real blog posts (msgs100u repeated with new ids), as --import_csv writes them

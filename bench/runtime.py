@@ -86,10 +86,13 @@ def part(args):
         return {"gflops": gemm_rate() / 1e9, "ort_gflops": ort_gemm_rate() / 1e9}
     if args.part == "cold":
         t = time.perf_counter()
-        from bertfeat.runtime import Encoder, locate
+        from bertfeat.exporter import locate
+        from bertfeat.runtime import Encoder
         enc = Encoder(locate(MODEL, 5, "fp32", args.model_dir))
-        pieces = enc.word_pieces(["A first sentence for the cold start.", "And a second one."])
-        enc.run([enc.window(pieces[0], pieces[1])[:2]], [4])
+        from bertfeat.text import windows
+        tokenizer = windows.load_tokenizer(enc.entry / "tokenizer.json")
+        pieces = windows.word_pieces(tokenizer, ["A first sentence for the cold start.", "And a second one."])
+        enc.run(windows.plan(windows.learn_template(tokenizer), [pieces]).windows, [4])
         return {"seconds": time.perf_counter() - t}
     groups, enc, _ = windows_by_group(args.work, args.csv, args.limit, args.model_dir)
     windows = [w for ws in groups.values() for w in ws]
@@ -120,7 +123,8 @@ def part(args):
                 padded += ids.size
         return {"seconds": time.perf_counter() - t, "real": real, "padded": padded, "windows": len(windows),
                 "mean_len": real / len(windows)}
-    from bertfeat.runtime import Encoder, locate
+    from bertfeat.exporter import locate
+    from bertfeat.runtime import Encoder
     precision = {"d": "int8", "e": "fp16"}.get(args.part, "fp32")
     entry = locate(MODEL, 5, precision, args.model_dir)
     if args.part == "sweep":
@@ -199,7 +203,8 @@ def main_cuda(args, work):
               "c": "(c) bertfeat fp32", "e": "(e) bertfeat fp16"}
     for name in "abce":
         tps = res[name]["real"] / res[name]["seconds"]
-        print(f"| {labels[name]} | {tps:,.0f} | {tps / base_a:.2f}x | {tps / base_b:.2f}x | {res[name]['peak_rss_mb']:.0f} |")
+        print(f"| {labels[name]} | {tps:,.0f} | {tps / base_a:.2f}x | {tps / base_b:.2f}x"
+              f" | {res[name]['peak_rss_mb']:.0f} |")
     print("\n--batch_tokens sweep, (c): " + ", ".join(f"{k}: {v:,.0f} tok/s" for k, v in res["sweep"]["sweep"].items()))
 
 

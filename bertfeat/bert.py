@@ -16,7 +16,7 @@ from . import __version__
 from .aggregate import ABBR, AGGREGATIONS, LAYER_AGGREGATIONS
 from .aggregate.groups import Stage, open_stage
 from .errors import BertfeatError
-from .models import cached_entries, canonical_name, check_precision, config_layers, model_dir, short_name
+from .models import canonical_name, check_precision, layer_count, locate, short_name
 from .progress import Progress, notice
 from .tables import check_name, connect
 
@@ -84,94 +84,6 @@ def table_name(featname, table, correl, max_len=64):
     return f"feat${featname[:keep]}_{digest}{tail}"
 
 
-def model_layers(name, root):
-    """The model's layer count, from a local folder, the cache, or its (offline/online) source."""
-    if os.path.isdir(name):
-        return config_layers(name)
-    entries = cached_entries(name, root)
-    if entries:
-        return entries[0][1]["layers"]
-    from .runtime import _can_export
-    if not _can_export():
-        raise BertfeatError(
-            f"model {name!r} is not in the export cache {model_dir(root)} and exporting needs torch:"
-            " pip install 'bertfeat[export]', or copy an exported models/ folder here")
-    from .exporter import resolve_source
-    return config_layers(resolve_source(name))
-
-
-# --- per-chunk math ---------------------------------------------------------------------------
-def _chunks(pieces, limit):
-    out = []
-    for p in pieces:
-        if len(p) == 0:
-            continue  # a sentence with no word pieces is dropped
-        out.extend(p[i:i + limit] for i in range(0, len(p), limit))
-    return out
-
-
-def embed_messages(encoder, messages, layers, layer_aggs, word_aggs, no_context, piece_cache):
-    """Message vectors for lists of sentences; None for a message with no word pieces."""
-    from .aggregate.kernels import message_vectors, sentence_vectors
-    limit = (encoder.max_positions - 3) // 2
-    flat = [s for sents in messages for s in sents]
-    pieces = encoder.word_pieces(flat) if flat else []
-    per_msg, k = [], 0
-    for sents in messages:
-        per_msg.append(_chunks(pieces[k:k + len(sents)], limit))
-        k += len(sents)
-
-    windows, plan = [], []  # plan: per message, per sentence, [(window index, start)]
-    if no_context:
-        need = sorted({int(t) for sents in per_msg for s in sents for t in s} - piece_cache.keys())
-        if need:
-            out = encoder.run([encoder.window(np.array([t], np.int64))[:2] for t in need], layers)
-            starts = encoder.window(np.array([need[0]], np.int64))[2]
-            for t, h in zip(need, out):
-                piece_cache[t] = h[:, starts].copy()
-    else:
-        for sents in per_msg:
-            n = len(sents)
-            spans = [[] for _ in range(n)]
-            if n == 1:
-                ids, types, a, _ = encoder.window(sents[0])
-                spans[0].append((len(windows), a))
-                windows.append((ids, types))
-            for i in range(n - 1):
-                ids, types, a, b = encoder.window(sents[i], sents[i + 1])
-                spans[i].append((len(windows), a))
-                spans[i + 1].append((len(windows), b))
-                windows.append((ids, types))
-            plan.append(spans)
-        outputs = encoder.run(windows, layers) if windows else []
-
-    tokens, sent_offsets, msg_offsets, kept = [], [0], [0], []
-    for m, sents in enumerate(per_msg):
-        if not sents:
-            kept.append(False)
-            continue
-        kept.append(True)
-        for i, s in enumerate(sents):
-            if no_context:
-                vecs = np.stack([piece_cache[int(t)] for t in s], 1)  # [L, n, H]
-            else:
-                parts = [outputs[w][:, a:a + len(s)] for w, a in plan[m][i]]
-                if len(parts) == 1:
-                    vecs = parts[0]
-                else:  # averaged in float64, kept as float32 (the runtime's precision)
-                    vecs = ((parts[0].astype(np.float64) + parts[1]) / 2).astype(np.float32)
-            tokens.append(np.transpose(vecs, (1, 0, 2)))  # [n, L, H]
-            sent_offsets.append(sent_offsets[-1] + len(s))
-        msg_offsets.append(len(sent_offsets) - 1)
-    result = [None] * len(messages)
-    if tokens:
-        sent_vecs = sentence_vectors(np.concatenate(tokens), sent_offsets, layer_aggs, word_aggs)
-        msg_vecs = message_vectors(sent_vecs, msg_offsets)
-        for m, vec in zip([m for m, k in enumerate(kept) if k], msg_vecs):
-            result[m] = vec
-    return result
-
-
 # --- the job ----------------------------------------------------------------------------------
 def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_layers=None,
              bert_layer_aggregation=None, bert_word_aggregation=None, bert_msg_aggregation=None,
@@ -218,8 +130,10 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
                                   f"{db}.bertfeat_stage.duckdb")
         if os.path.exists(stage_path):
             open_stage(stage_path, lock_timeout=conn.get("lock_timeout")).close()  # unreadable: say so now
+        from . import exporter  # exports when torch is here; runs never need it
+        can_export = exporter.available()
         with engine.released():
-            n_layers = model_layers(name, model_dir)
+            n_layers = layer_count(name, model_dir, exporter.resolve_source if can_export else None)
         layers = normalize_layers(bert_layers, n_layers)
         if source == table:
             notice(f"{stoks} not found: splitting sentences on the fly (run --add_sent_tokenized to keep them)")
@@ -232,9 +146,9 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
         id_type = _duck_type(types[messageid_field])
         group_type = _duck_type(types[correl_field])
 
-        from .runtime import Encoder, locate
         with engine.released():
-            entry = locate(name, layers[-1] + 1, precision, model_dir, verify=True)
+            entry = locate(name, layers[-1] + 1, precision, model_dir, verify=True,
+                           export=exporter.export if can_export else None)
         from .models import MIN_COSINE, read_manifest, usable_layers
         manifest = read_manifest(entry)
         ok = usable_layers(manifest)
@@ -254,7 +168,6 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
                     "layers": layers, "layer_aggregation": layer_aggs, "word_aggregation": word_aggs,
                     "no_context": bool(bert_no_context)}
         stage = Stage(stage_path, settings, id_type, group_type, lock_timeout=conn.get("lock_timeout"))
-        piece_cache = {}
         counts = {"messages": 0, "reused": 0, "embedded": 0, "skipped": {}}
 
         def skip(why, n=1):
@@ -266,15 +179,16 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
             skip("NULL message_id", null_ids)
         from_stoks = source != table
         last_id = object()
-        encoder = None
+        embedder = None
 
         def embed(messages):
-            nonlocal encoder
+            nonlocal embedder
             with engine.released(), stage.released():
-                if encoder is None:  # only when something needs inference
-                    encoder = Encoder(entry, device=device, threads=threads, batch_tokens=batch_tokens)
-                return embed_messages(encoder, messages, layers, layer_aggs, word_aggs, bert_no_context,
-                                      piece_cache)
+                if embedder is None:  # only when something needs inference
+                    from .embedder import MessageEmbedder
+                    embedder = MessageEmbedder(entry, layers, layer_aggs, word_aggs, bert_no_context,
+                                               device=device, threads=threads, batch_tokens=batch_tokens)
+                return embedder(messages)
 
         with stage.hold(), Progress("messages", total, enabled=progress) as bar:
             for rows in batches:
@@ -310,8 +224,8 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
         seconds = round(time.perf_counter() - started, 2)
         summary = {"table": feat_table, "message_table": msg_table if bert_keep_msg else None,
                    "groups": groups, "rows": written[feat_table], "seconds": seconds,
-                   "windows": encoder.windows_run if encoder else 0,
-                   "tokens": encoder.tokens_run if encoder else 0, **counts}
+                   "windows": embedder.encoder.windows_run if embedder else 0,
+                   "tokens": embedder.encoder.tokens_run if embedder else 0, **counts}
         _record_run(engine, feat_table, settings, summary, msg_aggs, featname)
     return summary
 

@@ -155,11 +155,13 @@ def run(args):
             if manifest:
                 from .models import usable_layers
                 per_layer = manifest.get("fp32_layer_cosine")
-                agreement = (f"max error {manifest['validation_max_error']:.1e}" if manifest["precision"] == "fp32"
-                             else "min cosine to fp32 " + (" ".join(f"L{k} {c:.4f}" for k, c in enumerate(per_layer))
-                                                           if per_layer else
-                                                           f"{manifest.get('fp32_min_window_cosine', float('nan')):.4f}")
-                             + f" (usable layers: {' '.join(map(str, usable_layers(manifest))) or 'none'})")
+                if manifest["precision"] == "fp32":
+                    agreement = f"max error {manifest['validation_max_error']:.1e}"
+                else:
+                    cosines = (" ".join(f"L{k} {c:.4f}" for k, c in enumerate(per_layer)) if per_layer
+                               else f"{manifest.get('fp32_min_window_cosine', float('nan')):.4f}")
+                    usable = " ".join(map(str, usable_layers(manifest))) or "none"
+                    agreement = f"min cosine to fp32 {cosines} (usable layers: {usable})"
                 info = f"depth {manifest['depth']}/{manifest['layers']} {manifest['precision']} {agreement}"
             print(f"{name}  {size / 1e6:.1f} MB  {info}  {'ok' if intact else 'CORRUPTED'}  {entry}")
         if bad and args.verify_models:

@@ -17,6 +17,7 @@ MANIFEST = "manifest.json"
 FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert", "electra")
 PRECISIONS = ("fp32", "int8", "fp16")
 MIN_COSINE = 0.995  # a reduced-precision layer agreeing less with fp32 (window cosine) is not used
+OPSET = 17  # the ONNX opset of every export; part of the cache key
 
 
 def check_precision(precision):
@@ -145,13 +146,19 @@ def source_files(src):
     return files
 
 
-def fingerprint(src, depth, precision, opset=17):
-    """Changes whenever any input of an export changes: source files, depth, precision, versions."""
+def fingerprint(src, depth, precision):
+    """Changes whenever an input of an export changes: source files, depth, precision (with its
+    recipe), opset and bertfeat's version.
+
+    The torch, transformers and onnxruntime versions that made an export are recorded in its
+    manifest but are not part of the key: a cache copied to a machine without torch must still
+    be found there by its key, and that machine cannot know which torch the exporter had.
+    """
     from . import __version__
     h = hashlib.sha256()
     for p in source_files(src):
         h.update(p.name.encode() + file_sha256(p).encode())
-    h.update(json.dumps([depth, precision, opset, __version__]).encode())
+    h.update(json.dumps([depth, precision, OPSET, __version__]).encode())
     return h.hexdigest()[:16]
 
 
@@ -174,3 +181,68 @@ def config_layers(src):
     if not isinstance(n, int):
         raise BertfeatError(f"{src}/config.json names no layer count (num_hidden_layers)")
     return n
+
+
+def layer_count(name, root=None, find_source=None):
+    """The model's number of blocks: from a local folder, the export cache, or the folder
+    `find_source(name)` gives (the exporter's lookup: HF cache, offline package, download)."""
+    if os.path.isdir(name):
+        return config_layers(name)
+    entries = cached_entries(name, root)
+    if entries:
+        return entries[0][1]["layers"]
+    if find_source is None:
+        raise BertfeatError(
+            f"model {name!r} is not in the export cache {model_dir(root)} and exporting needs torch:"
+            " pip install 'bertfeat[export]', or copy an exported models/ folder here")
+    return config_layers(find_source(name))
+
+
+def check_depth(depth, n_layers):
+    if depth < 1 or (n_layers is not None and depth > n_layers):
+        raise BertfeatError(f"layer {depth - 1} out of range: the model has {n_layers} layers"
+                            f" (valid --bert_layers: 0..{(n_layers or 1) - 1} or -{n_layers}..-1)")
+
+
+def locate(name, depth, precision="fp32", root=None, verify=False, export=None):
+    """The cache entry for `name` up to block `depth`; made by `export(name, precision=, depth=,
+    root=)` when the caller passes one (the exporter, where torch is installed) and none fits.
+
+    Order: a local directory (fingerprinted, so edits re-export) -> the export cache -> export.
+    `verify=True` re-hashes the candidate entries in full (a corrupted one is exported again,
+    never used). Without `export`, an older or deeper cached entry serves when there is one.
+    """
+    from .progress import notice
+    name = canonical_name(name)
+    if os.path.isdir(name):
+        check_depth(depth, config_layers(name))
+        entry = model_dir(root) / safe_dir_name(name) / fingerprint(name, depth, precision)
+        if entry.is_dir() and entry_is_intact(entry, full=verify):
+            return entry
+        fallbacks = []
+    else:
+        entries = [(e, m) for e, m in cached_entries(name, root) if m.get("precision") == precision]
+        check_depth(depth, entries[0][1]["layers"] if entries else None)
+        usable = [(e, m) for e, m in entries
+                  if m.get("depth", 0) >= depth and entry_is_intact(e, m, full=verify)]
+        usable.sort(key=lambda em: (em[1]["depth"], not selects_layers(em[1])))
+        if usable and usable[0][1]["depth"] == depth and selects_layers(usable[0][1]):
+            return usable[0][0]
+        # usable while a current export cannot be made: an older format, or a few layers too many
+        fallbacks = [e for e, _ in usable]
+        if any(m.get("depth") == depth and (e, m) not in usable for e, m in entries):
+            notice(f"the cached {name} export of depth {depth} is corrupted: exporting it again")
+    if export is None:
+        if fallbacks:
+            return fallbacks[0]
+        raise BertfeatError(
+            f"model {name!r} (depth {depth}, {precision}) is not in the export cache"
+            f" {model_dir(root)} and exporting needs torch: pip install 'bertfeat[export]', or run"
+            " `bertfeat --export_model NAME` on another machine and copy its models/ folder here")
+    try:
+        return export(name, precision=precision, depth=depth, root=root)
+    except BertfeatError:
+        if not fallbacks:
+            raise
+        notice(f"cannot export {name} at depth {depth} here: using an older or deeper cached export")
+        return fallbacks[0]

@@ -95,3 +95,14 @@ def kill_at(child, prefix, n):
                 break
     child.wait()
     return seen
+
+
+def message_windows(entry, messages):
+    """SPEC §3 windows of `messages` (each a list of sentences) for the cache entry's tokenizer:
+    neighbouring sentences as pairs, a one-sentence message alone, long sentences cut."""
+    from bertfeat.models import read_manifest
+    from bertfeat.text import windows
+    tokenizer = windows.load_tokenizer(Path(entry) / "tokenizer.json")
+    limit = windows.piece_limit(read_manifest(entry)["max_positions"])
+    pieces = [windows.split_long(windows.word_pieces(tokenizer, sents), limit) for sents in messages]
+    return windows.plan(windows.learn_template(tokenizer), pieces).windows

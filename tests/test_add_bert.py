@@ -86,7 +86,7 @@ CASES = [
 def test_matches_float64_pytorch(case, corpus, reference, model_cache, tmp_path):
     conn, messages = corpus
     s = run("c", conn, model_cache, tmp_path, **case)
-    layers = sorted({l % 6 for l in case.get("bert_layers", [4])})
+    layers = sorted({k % 6 for k in case.get("bert_layers", [4])})
     msg_aggs = case.get("bert_msg_aggregation", ["mean"])
     expected = reference.group_vectors(messages, layers, case.get("bert_layer_aggregation", ["concatenate"]),
                                        case.get("bert_word_aggregation", ["mean"]), msg_aggs,
@@ -108,7 +108,8 @@ def test_defaults_name_and_schema(corpus, model_cache, tmp_path):
     with connect("c", **conn) as engine:
         assert [c for c, _ in engine.columns(FEAT)] == ["id", "group_id", "feat", "value", "group_norm"]
         assert engine.query(f'SELECT count(*) FROM "{FEAT}" WHERE value <> group_norm')[0][0] == 0
-        assert engine.query(f'SELECT min(id), max(id), count(DISTINCT id) FROM "{FEAT}"')[0] == (1, len(rows), len(rows))
+        ids = engine.query(f'SELECT min(id), max(id), count(DISTINCT id) FROM "{FEAT}"')[0]
+        assert ids == (1, len(rows), len(rows))
 
 
 def test_long_sentence_is_chunked_and_one_sentence_message_works(corpus, reference):

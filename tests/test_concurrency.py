@@ -32,7 +32,7 @@ def tiny_bert(tmp_path_factory):
     from tiny_models import make_model
     root = tmp_path_factory.mktemp("tinyc")
     model = str(make_model("bert", root / "bert"))
-    from bertfeat.runtime import locate
+    from bertfeat.exporter import locate
     for depth in (1, 2, 3):
         locate(model, depth, root=str(root / "models"))  # exported once, before any race
     return model, str(root / "models")

@@ -10,9 +10,11 @@ import pytest
 
 import bertfeat
 from bertfeat.models import read_manifest
-from bertfeat.runtime import Encoder, locate
+from bertfeat.exporter import locate
+from bertfeat.runtime import Encoder
 from bertfeat.tables import connect
 
+from conftest import message_windows
 from reference import Reference, feature_vectors, load_messages
 from tiny_models import TEXT, make_model
 
@@ -67,8 +69,7 @@ def test_truncated_export_equals_full_model_on_its_layers(tiny, tmp_path):
     cache = str(tmp_path)
     full, short = Encoder(locate(tiny["bert"], 3, root=cache)), Encoder(locate(tiny["bert"], 1, root=cache))
     assert (full.depth, short.depth) == (3, 1)
-    ids = full.word_pieces(TEXT[:3])
-    windows = [full.window(ids[0], ids[1])[:2], full.window(ids[2])[:2]]
+    windows = message_windows(full.entry, [TEXT[:2], TEXT[2:3]])
     for a, b in zip(full.run(windows, [0]), short.run(windows, [0])):
         assert np.abs(a - b).max() <= 1e-5
 
@@ -101,7 +102,7 @@ def test_corrupted_entry_is_exported_again(tiny, tmp_path):
 
 
 def test_two_processes_exporting_at_once_leave_one_good_entry(tiny, tmp_path):
-    code = ("import sys; from bertfeat.runtime import locate; "
+    code = ("import sys; from bertfeat.exporter import locate; "
             "print(locate(sys.argv[1], 3, root=sys.argv[2]))")
     procs = [subprocess.Popen([sys.executable, "-c", code, tiny["albert"], str(tmp_path)],
                               stdout=subprocess.PIPE, text=True) for _ in range(2)]
@@ -191,8 +192,7 @@ def test_a_deeper_cached_export_serves_when_the_source_is_gone(tiny, tmp_path):
     entry = locate("tiny-org/gone", 2, root=cache)  # no depth-2 export and none can be made
     assert entry == tmp_path / "m" / "tiny-org__gone" / "f"
     enc = Encoder(entry)
-    pieces = enc.word_pieces(TEXT[:2])
-    assert enc.run([enc.window(pieces[0], pieces[1])[:2]], [1])[0].shape[0] == 1
+    assert enc.run(message_windows(entry, [TEXT[:2]]), [1])[0].shape[0] == 1
 
 
 def test_exports_made_before_the_layers_input_still_run(tiny, tmp_path):
@@ -218,8 +218,7 @@ def test_exports_made_before_the_layers_input_still_run(tiny, tmp_path):
     json.dump(manifest, open(old / "manifest.json", "w"))
     assert locate("tiny-org/old", 3, root=cache) == old  # its source is gone: nothing can be exported
     new, legacy = Encoder(entry), Encoder(old)
-    pieces = new.word_pieces(TEXT[:4])
-    windows = [new.window(pieces[i], pieces[i + 1])[:2] for i in range(3)]
+    windows = message_windows(entry, [TEXT[:4]])
     for a, b in zip(new.run(windows, [2, 0]), legacy.run(windows, [2, 0])):
         assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
     current = old.parent / "g"  # a current export of the same depth is preferred

@@ -4,8 +4,11 @@ import pytest
 
 import bertfeat
 from bertfeat.models import MIN_COSINE, read_manifest, usable_layers
-from bertfeat.runtime import Encoder, locate
+from bertfeat.exporter import locate
+from bertfeat.runtime import Encoder
 from bertfeat.tables import connect
+
+from conftest import message_windows
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -41,9 +44,8 @@ def test_message_vectors_agree_with_fp32(precision, msgs100u_features, capsys):
 
 def test_int8_window_is_the_same_alone_and_in_a_full_batch(msgs100u_features):
     enc = Encoder(locate(MODEL, 5, "int8", msgs100u_features["model_dir"]), threads=2)
-    pieces = enc.word_pieces(["Mr. Smith arrived at 5 p.m. on Jan. 3rd!", "Did he?",
-                              "The weather was lovely, so we walked to the lake.", "Short."] * 8)
-    windows = [enc.window(pieces[i], pieces[i + 1])[:2] for i in range(len(pieces) - 1)]
+    windows = message_windows(enc.entry, [["Mr. Smith arrived at 5 p.m. on Jan. 3rd!", "Did he?",
+                                           "The weather was lovely, so we walked to the lake.", "Short."] * 8])
     together = enc.run(windows, [2, 4])
     alone = enc.run([windows[5]], [2, 4])[0]
     assert np.array_equal(alone, together[5])
@@ -60,17 +62,10 @@ def test_unknown_precision_is_refused(msgs100u_features):
 def real_windows(encoder, n=400):
     """SPEC §3 windows of msgs100u's posts, an even sample of n."""
     import csv
-    from bertfeat.bert import _chunks
     from bertfeat.text.sentences import split_sentences
     from conftest import MSGS_CSV
     with open(MSGS_CSV, encoding="utf-8", newline="") as f:
-        msgs = [r["message"] for r in csv.DictReader(f)]
-    out, limit = [], (encoder.max_positions - 3) // 2
-    for m in msgs:
-        sents = _chunks(encoder.word_pieces(split_sentences(m)), limit)
-        if len(sents) == 1:
-            out.append(encoder.window(sents[0])[:2])
-        out.extend(encoder.window(sents[i], sents[i + 1])[:2] for i in range(len(sents) - 1))
+        out = message_windows(encoder.entry, [split_sentences(r["message"]) for r in csv.DictReader(f)])
     return out[::max(1, len(out) // n)][:n]
 
 

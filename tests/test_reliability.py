@@ -204,7 +204,8 @@ def test_a_corrupted_export_is_detected_and_never_poisons_the_stage(where, tiny_
 
 
 def test_onnx_runtime_load_errors_are_one_line(tiny_bert, tmp_path):
-    from bertfeat.runtime import CorruptedEntry, Encoder, locate
+    from bertfeat.exporter import locate
+    from bertfeat.runtime import CorruptedEntry, Encoder
     entry = locate(tiny_bert, 1, root=str(tmp_path))
     (entry / "model.onnx").write_bytes(b"not a protobuf at all" * 100)
     with pytest.raises(CorruptedEntry, match="cache entry is corrupted"):

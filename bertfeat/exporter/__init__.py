@@ -7,6 +7,7 @@ that only they leave it (on CUDA, only they cross to the host). A run asks for t
 needs (its deepest layer), so no block past it runs.
 Each export is validated against the PyTorch model on real sentences before it enters the cache.
 """
+import contextlib
 import fcntl
 import json
 import os
@@ -19,12 +20,12 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BertfeatError
-from ..models import (FAMILIES, MANIFEST, MIN_COSINE, OFFLINE_PACKAGES, canonical_name,
+from ..models import (FAMILIES, MANIFEST, MIN_COSINE, OFFLINE_PACKAGES, OPSET, canonical_name,
                       check_precision, config_layers, entry_is_intact, file_sha256, fingerprint,
                       model_dir, read_manifest, safe_dir_name)
+from ..models import locate as _locate
 from ..progress import notice
 
-OPSET = 17
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model",
                    "tokenizer.model")
 TOLERANCE = 1e-4  # max |onnx - torch| / max(1, max |torch|) on the validation windows
@@ -60,6 +61,17 @@ AGREEMENT_TEXT = VALIDATION_TEXT + [
 ]
 
 
+def available():
+    """True where exports can be made (torch installed: pip install 'bertfeat[export]')."""
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
+
+
+def locate(name, depth, precision="fp32", root=None, verify=False):
+    """models.locate, exporting when no cached entry fits and torch is here."""
+    return _locate(name, depth, precision, root, verify, export=export if available() else None)
+
+
 def resolve_source(name):
     """A local folder holding the HF model `name`: local dir, HF cache (offline), package, download."""
     name = canonical_name(name)
@@ -88,19 +100,39 @@ def resolve_source(name):
             " `bertfeat --export_model NAME` on a connected machine and copy its models/ folder here") from e
 
 
-def _load(src, depth):
+def _version(module):
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """transformers' and torch's notices off while exporting, restored after (the caller's
+    process keeps its own logging and warning settings)."""
     import warnings
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
     import transformers
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", module=r"(torch|transformers)\..*")
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"(torch|transformers)\..*")
+            yield
+    finally:
+        transformers.logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load(src, depth):
+    """The PyTorch model cut to `depth` blocks and its fast tokenizer (the architecture was
+    checked by models.config_layers)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
     config = AutoConfig.from_pretrained(src)
-    if config.model_type not in FAMILIES or getattr(config, "is_encoder_decoder", False):
-        raise BertfeatError(
-            f"unsupported architecture {config.model_type!r}: bertfeat exports encoder models"
-            f" ({', '.join(FAMILIES)}), not decoder-only or encoder-decoder models")
     n_layers = config.num_hidden_layers
     depth = n_layers if depth is None else depth
     if not 1 <= depth <= n_layers:
@@ -191,6 +223,10 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
     final = model_dir(root) / safe_dir_name(name) / fingerprint(src, depth, precision)
 
     def build(tmp):
+        with _quiet():
+            return _build(tmp)
+
+    def _build(tmp):
         model, tokenizer, layers, _ = _load(src, depth)
         import inspect
         input_names = ["input_ids", "attention_mask"]
@@ -243,7 +279,8 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
                 "hidden_size": model.config.hidden_size, "max_positions": _max_positions(model.config),
                 "inputs": graph_inputs, "pad_id": int(tokenizer.pad_token_id or 0), "opset": OPSET,
                 "precision": precision, "optimizations": optimizations, "validation_max_error": float(err),
-                "bertfeat_version": __version__, "torch_version": torch.__version__}
+                "bertfeat_version": __version__, "torch_version": torch.__version__,
+                "transformers_version": _version("transformers"), "onnxruntime_version": _version("onnxruntime")}
 
     return _cache_entry(final, force, build)
 

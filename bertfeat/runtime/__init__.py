@@ -1,15 +1,15 @@
 """Run an exported encoder with ONNX Runtime: windows in, chosen layers' token vectors out.
 
-No torch here. Windows are packed into length-sorted batches under a padded-token budget, so
-little compute goes to padding; results come back in the caller's order, real tokens only.
+No torch and no exporting here: the caller finds the cache entry (models.locate). Windows are
+packed into length-sorted batches under a padded-token budget, so little compute goes to
+padding; results come back in the caller's order, real tokens only.
 """
 import os
 
 import numpy as np
 
 from ..errors import BertfeatError
-from ..models import (cached_entries, canonical_name, config_layers, entry_is_intact, fingerprint,
-                      model_dir, read_manifest, safe_dir_name, selects_layers)
+from ..models import read_manifest, selects_layers
 from ..progress import notice
 
 DEFAULT_BATCH_TOKENS = 2048  # padded tokens per batch; see bench/README.md
@@ -33,71 +33,16 @@ def physical_cores():
         return os.cpu_count() or 1
 
 
-def locate(name, depth, precision="fp32", root=None, verify=False):
-    """The cache entry for `name` up to block `depth`, exporting it first when needed.
-
-    Order: a local directory (fingerprinted, so edits re-export) -> the export cache -> export
-    (which finds the model in the HF cache, an offline package, or downloads it). `verify=True`
-    re-hashes the candidate entries in full (a corrupted one is exported again, never used).
-    """
-    name = canonical_name(name)
-    if os.path.isdir(name):
-        n_layers = config_layers(name)
-        _check_depth(depth, n_layers)
-        entry = model_dir(root) / safe_dir_name(name) / fingerprint(name, depth, precision)
-        if entry.is_dir() and entry_is_intact(entry, full=verify):
-            return entry
-        fallbacks = []
-    else:
-        entries = [(e, m) for e, m in cached_entries(name, root) if m.get("precision") == precision]
-        _check_depth(depth, entries[0][1]["layers"] if entries else None)
-        usable = [(e, m) for e, m in entries
-                  if m.get("depth", 0) >= depth and entry_is_intact(e, m, full=verify)]
-        usable.sort(key=lambda em: (em[1]["depth"], not selects_layers(em[1])))
-        if usable and usable[0][1]["depth"] == depth and selects_layers(usable[0][1]):
-            return usable[0][0]
-        # usable while a current export cannot be made: an older format, or a few layers too many
-        fallbacks = [e for e, _ in usable]
-        if any(m.get("depth") == depth and (e, m) not in usable for e, m in entries):
-            notice(f"the cached {name} export of depth {depth} is corrupted: exporting it again")
-    if not _can_export():
-        if fallbacks:
-            return fallbacks[0]
-        raise BertfeatError(
-            f"model {name!r} (depth {depth}, {precision}) is not in the export cache"
-            f" {model_dir(root)} and exporting needs torch: pip install 'bertfeat[export]', or run"
-            " `bertfeat --export_model NAME` on another machine and copy its models/ folder here")
-    from ..exporter import export
-    try:
-        return export(name, precision=precision, depth=depth, root=root)
-    except BertfeatError:
-        if not fallbacks:
-            raise
-        notice(f"cannot export {name} at depth {depth} here: using an older or deeper cached export")
-        return fallbacks[0]
-
-
-def _check_depth(depth, n_layers):
-    if depth < 1 or (n_layers is not None and depth > n_layers):
-        raise BertfeatError(f"layer {depth - 1} out of range: the model has {n_layers} layers"
-                            f" (valid --bert_layers: 0..{(n_layers or 1) - 1} or -{n_layers}..-1)")
-
-
-def _can_export():
-    import importlib.util
-    return importlib.util.find_spec("torch") is not None
-
-
 class CorruptedEntry(BertfeatError):
     """An export cache entry that ONNX Runtime cannot load."""
 
 
 class Encoder:
-    """An ONNX Runtime session over one cache entry, plus its tokenizer and window template."""
+    """An ONNX Runtime session over one cache entry: windows (ids, type ids) in, the chosen
+    layers' token vectors out (text/windows.py makes the windows)."""
 
     def __init__(self, entry, device="cpu", threads=None, batch_tokens=None):
         ort = import_ort()
-        from tokenizers import Tokenizer
         self.entry = entry
         self.manifest = read_manifest(entry)
         if not self.manifest:
@@ -109,10 +54,6 @@ class Encoder:
         self.batch_tokens = int(batch_tokens or DEFAULT_BATCH_TOKENS)
         if self.batch_tokens < self.max_positions:
             self.batch_tokens = self.max_positions  # one longest window must fit
-        self.tokenizer = Tokenizer.from_file(str(entry / "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
-        self._template()
         self.threads = int(threads or physical_cores())
         # int8 sessions run one window per call (its activation scales are the window's own),
         # with one call per thread in parallel; fp32 runs padded, length-sorted batches.
@@ -144,57 +85,6 @@ class Encoder:
         self.windows_run = 0
         self.tokens_run = 0
         self._pool = None
-
-    # --- word pieces and windows -------------------------------------------------------
-    def _template(self):
-        """Learn the tokenizer's single and pair templates (special ids and type ids) once."""
-        tok = self.tokenizer
-        a = tok.encode("a", add_special_tokens=False)
-        b = tok.encode("b", add_special_tokens=False)
-        single = tok.post_process(a, None, add_special_tokens=True)
-        pair = tok.post_process(a, b, add_special_tokens=True)
-
-        def split(enc, parts):
-            ids, types, special = enc.ids, enc.type_ids, enc.special_tokens_mask
-            segments, cur, out = [], [], []
-            i = 0
-            while i < len(ids):
-                if special[i]:
-                    cur.append(i)
-                    i += 1
-                else:
-                    segments.append(cur)
-                    cur = []
-                    n = len(parts[len(out)])
-                    out.append(types[i])
-                    i += n
-            segments.append(cur)
-            return ([np.array([ids[j] for j in s], np.int64) for s in segments],
-                    [np.array([types[j] for j in s], np.int64) for s in segments], out)
-
-        self.single = split(single, [a.ids])
-        self.pair = split(pair, [a.ids, b.ids])
-
-    def word_pieces(self, sentences):
-        """Word-piece ids of each sentence, without special tokens."""
-        return [np.array(e.ids, np.int64) for e in
-                self.tokenizer.encode_batch(sentences, add_special_tokens=False)]
-
-    def window(self, a, b=None):
-        """(ids, type_ids, start of a, start of b) for `[CLS] a [SEP]` or the pair template."""
-        specials, special_types, part_types = self.single if b is None else self.pair
-        parts = [a] if b is None else [a, b]
-        ids, types, starts, pos = [], [], [], 0
-        for k, seg in enumerate(specials):
-            ids.append(seg)
-            types.append(special_types[k])
-            pos += len(seg)
-            if k < len(parts):
-                starts.append(pos)
-                ids.append(parts[k])
-                types.append(np.full(len(parts[k]), part_types[k], np.int64))
-                pos += len(parts[k])
-        return np.concatenate(ids), np.concatenate(types), starts[0], (starts[1] if b is not None else None)
 
     # --- inference ---------------------------------------------------------------------
     def batches(self, lengths):

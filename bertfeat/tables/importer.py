@@ -66,6 +66,7 @@ def import_csv(engine, table, csv_path, overwrite=False, messageid_field="messag
     fields), loaded under a temporary name and swapped in, so a bad file never replaces a table.
     """
     check_name(table, "table name")
+    csv_path = os.fspath(csv_path)  # a str or a pathlib.Path
     if not os.path.isfile(csv_path):
         raise BertfeatError(f"CSV file not found: {csv_path}")
     if engine.table_exists(table) and not overwrite:

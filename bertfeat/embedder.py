@@ -1,0 +1,74 @@
+"""Messages (lists of sentences) -> message vectors: the math of --add_bert in one object.
+
+The job (bert.py) reads tables, stages and writes; this holds the encoder session, the window
+template and the reduction settings, and is all a worker needs: the local loop calls it chunk by
+chunk, and a distributed executor can build the same object inside each worker.
+
+    embedder = MessageEmbedder(entry, layers=[4])
+    vectors = embedder([["First sentence.", "Second one."], ["A message of one sentence."]])
+"""
+import numpy as np
+
+from .aggregate.kernels import message_vectors, sentence_vectors
+from .runtime import Encoder
+from .text import windows
+
+
+class MessageEmbedder:
+    """SPEC §3 up to the message: sentences -> word pieces -> windows -> the chosen layers'
+    token vectors -> layer and word reductions -> the mean over the message's sentences."""
+
+    def __init__(self, entry, layers, layer_aggregation=("concatenate",), word_aggregation=("mean",),
+                 no_context=False, device="cpu", threads=None, batch_tokens=None):
+        self.encoder = Encoder(entry, device=device, threads=threads, batch_tokens=batch_tokens)
+        self.tokenizer = windows.load_tokenizer(entry / "tokenizer.json")
+        self.template = windows.learn_template(self.tokenizer)
+        self.limit = windows.piece_limit(self.encoder.max_positions)
+        self.layers = list(layers)
+        self.layer_aggregation = list(layer_aggregation)
+        self.word_aggregation = list(word_aggregation)
+        self.no_context = no_context
+        self.piece_vectors = {}  # --bert_no_context: word piece id -> [layers, H], computed once
+
+    def __call__(self, messages):
+        """One vector per message (a list of sentences); None for a message with no word pieces."""
+        per_message = self._pieces(messages)
+        tokens = self._context_free(per_message) if self.no_context else self._in_context(per_message)
+        kept = [m for m, sents in enumerate(per_message) if sents]
+        out = [None] * len(messages)
+        if not kept:
+            return out
+        sent_offsets = np.cumsum([0] + [len(s) for m in kept for s in per_message[m]])
+        msg_offsets = np.cumsum([0] + [len(per_message[m]) for m in kept])
+        sent_vecs = sentence_vectors(np.concatenate(tokens), sent_offsets, self.layer_aggregation,
+                                     self.word_aggregation)
+        for m, vec in zip(kept, message_vectors(sent_vecs, msg_offsets)):
+            out[m] = vec
+        return out
+
+    def _pieces(self, messages):
+        """Per message, its sentences as word pieces, long ones cut (windows.split_long)."""
+        flat = [s for sents in messages for s in sents]
+        pieces = windows.word_pieces(self.tokenizer, flat) if flat else []
+        out, k = [], 0
+        for sents in messages:
+            out.append(windows.split_long(pieces[k:k + len(sents)], self.limit))
+            k += len(sents)
+        return out
+
+    def _in_context(self, per_message):
+        """Token vectors [n, layers, H] of each sentence, in order, from the SPEC §3 windows."""
+        plan = windows.plan(self.template, per_message)
+        outputs = self.encoder.run(plan.windows, self.layers) if plan.windows else []
+        return [np.transpose(windows.sentence_tokens(outputs, where, len(s)), (1, 0, 2))
+                for sents, spans in zip(per_message, plan.spans) for s, where in zip(sents, spans)]
+
+    def _context_free(self, per_message):
+        """--bert_no_context: each word piece alone in its window, each distinct piece run once."""
+        need = sorted({int(t) for sents in per_message for s in sents for t in s} - self.piece_vectors.keys())
+        if need:
+            made = [windows.piece_window(self.template, t) for t in need]
+            start = made[0][1]
+            for t, h in zip(need, self.encoder.run([w for w, _ in made], self.layers)):
+                self.piece_vectors[t] = h[:, start].copy()
+        return [np.stack([self.piece_vectors[int(t)] for t in s]) for sents in per_message for s in sents]
