@@ -122,17 +122,11 @@ __all__ = ["BertfeatError", "import_csv", "add_sent_tokenized", "show_feature_ta
 
 
 def feature_table_runs(db, **conn):
-    """{feature table: one-line description of the run that wrote it} from bertfeat_runs."""
+    """{feature table: one-line description of the run that wrote it} from the runs table."""
     with connect(db, **conn) as engine:
-        if not engine.table_exists("bertfeat_runs"):
-            return {}
-        out = {}
-        for table, settings, summary in engine.query(
-                "SELECT feat_table, settings, summary FROM bertfeat_runs"):
-            st, su = json.loads(settings), json.loads(summary)
-            out[table] = (f"model={st['model']} layers={st['layers']} precision={st['precision']}"
-                          f" groups={su['groups']} messages={su['messages']} seconds={su['seconds']}")
-        return out
+        return {table: f"model={st['model']} layers={st['layers']} precision={st['precision']}"
+                       f" groups={su['groups']} messages={su['messages']} seconds={su['seconds']}"
+                for table, st, su in engine.runs()}
 
 
 def add_bert(db, table, correl_field="user_id", **kwargs):

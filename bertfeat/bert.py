@@ -12,16 +12,12 @@ import time
 
 import numpy as np
 
-from . import __version__
 from .aggregate import ABBR, AGGREGATIONS, LAYER_AGGREGATIONS
 from .aggregate.groups import Stage, open_stage
 from .errors import BertfeatError
 from .models import canonical_name, check_precision, layer_count, locate, short_name
 from .progress import Progress, notice
-from .tables import check_name, connect
-
-RUNS_TABLE = "bertfeat_runs"
-
+from .tables import MAX_NAME, check_name, connect
 
 # --- settings -------------------------------------------------------------------------------
 def parse_aggregations(values, flag, default, allow_concatenate=False):
@@ -69,7 +65,7 @@ def feature_name(model, layers, layer_aggs, word_aggs, msg_aggs, no_context, pre
     return name
 
 
-def table_name(featname, table, correl, max_len=64):
+def table_name(featname, table, correl, max_len=MAX_NAME):
     """`feat$<featname>$<table>$<correl>$16to16`, shortened deterministically past `max_len`."""
     full = f"feat${featname}${table}${correl}$16to16"
     if len(full) <= max_len:
@@ -139,9 +135,8 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
             notice(f"{stoks} not found: splitting sentences on the fly (run --add_sent_tokenized to keep them)")
         featname = feature_name(name, layers, layer_aggs, word_aggs, msg_aggs, bert_no_context, precision)
         msg_featname = feature_name(name, layers, layer_aggs, word_aggs, None, bert_no_context, precision)
-        max_len = 64
-        feat_table = check_name(table_name(featname, table, correl_field, max_len), "feature table name")
-        msg_table = check_name(table_name(msg_featname, table, messageid_field, max_len), "feature table name")
+        feat_table = check_name(table_name(featname, table, correl_field), "feature table name")
+        msg_table = check_name(table_name(msg_featname, table, messageid_field), "feature table name")
         types = dict(engine.columns(source))
         id_type = _duck_type(types[messageid_field])
         group_type = _duck_type(types[correl_field])
@@ -201,9 +196,12 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
                     if gid is None:
                         skip("NULL group id")
                         continue
+                    if message is None:
+                        skip("NULL message")
+                        continue
                     sents = _sentences(message, from_stoks)
                     if sents is None:
-                        skip("invalid JSON in _stoks" if from_stoks else "NULL message")
+                        skip("invalid JSON in _stoks")
                         continue
                     batch.append((mid, gid, sents, _text_hash(sents)))
                 _stage_chunk(stage, batch, embed, counts, skip)
@@ -226,7 +224,7 @@ def add_bert(db, table, correl_field="user_id", bert_model="base-uncased", bert_
                    "groups": groups, "rows": written[feat_table], "seconds": seconds,
                    "windows": embedder.encoder.windows_run if embedder else 0,
                    "tokens": embedder.encoder.tokens_run if embedder else 0, **counts}
-        _record_run(engine, feat_table, settings, summary, msg_aggs, featname)
+        engine.record_run(feat_table, featname, {**settings, "msg_aggregation": msg_aggs}, summary)
     return summary
 
 
@@ -312,14 +310,3 @@ def _write_feature_table(engine, stage, out_table, make_sql, extra, group_sql_ty
     engine.index_feature_table(out_table)
     engine.commit()
     return n
-
-
-def _record_run(engine, feat_table, settings, summary, msg_aggs, featname):
-    text = engine.long_text_type
-    engine.execute(f"CREATE TABLE IF NOT EXISTS {engine.q(RUNS_TABLE)} (feat_table VARCHAR(64), created DOUBLE,"
-                   f" bertfeat_version VARCHAR(32), featname {text}, settings {text}, summary {text})")
-    engine.execute(f"DELETE FROM {engine.q(RUNS_TABLE)} WHERE feat_table = ?", [feat_table])
-    engine.execute(f"INSERT INTO {engine.q(RUNS_TABLE)} VALUES (?, ?, ?, ?, ?, ?)",
-                   [feat_table, time.time(), __version__, featname,
-                    json.dumps({**settings, "msg_aggregation": msg_aggs}), json.dumps(summary, default=str)])
-    engine.commit()

@@ -112,12 +112,18 @@ def test_defaults_name_and_schema(corpus, model_cache, tmp_path):
         assert ids == (1, len(rows), len(rows))
 
 
-def test_long_sentence_is_chunked_and_one_sentence_message_works(corpus, reference):
+def test_long_sentence_is_chunked_and_one_sentence_message_works(corpus, reference, model_cache):
     conn, messages = corpus
     by_id = {m: s for m, _, s in messages}
     assert len(by_id[900001]) == 1
     assert max(len(p) for p in reference.pieces(by_id[900002])) == reference.limit
     assert sum(len(p) for p in reference.pieces(by_id[900002])) > 512
+    from bertfeat.embedder import MessageEmbedder
+    from bertfeat.exporter import locate
+    embedder = MessageEmbedder(locate(MODEL, 5, root=model_cache), [4])
+    for m, vec in zip((900001, 900002), embedder([by_id[900001], by_id[900002]])):
+        ref = reference.message_vector(by_id[m], [4], ["concatenate"], ["mean"])
+        assert np.linalg.norm(vec - ref) / np.linalg.norm(ref) <= 1e-4, m
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", "fp16"])
@@ -136,7 +142,8 @@ def test_order_batch_size_and_threads_do_not_matter(precision, corpus, corpus_cs
         w.writerows([rows[i] for i in rng.permutation(len(rows))])
     conn2 = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
     bertfeat.import_csv("s", "msgs", str(shuffled), progress=False, **conn2)
-    s = run("s", conn2, model_cache, tmp_path / "b", batch_tokens=600, threads=1, precision=precision)
+    s = run("s", conn2, model_cache, tmp_path / "b", batch_tokens=600, threads=1, precision=precision,
+            chunk_messages=3)  # chunk boundaries move too (the base run reads all in one chunk)
     assert s["embedded"] > 0 and s["reused"] == 0
     other = {(g, f): v for g, f, v in features("s", s["table"], conn2)}
     assert other.keys() == base.keys()
@@ -219,8 +226,8 @@ def test_empty_table_empty_group_and_invalid_json(model_cache, tmp_path):
             (1, 7, json.dumps(["A repeated id."])), (6, 9, None)])
     s = run("e", conn, model_cache, tmp_path)
     assert s["groups"] == 1 and s["messages"] == 1
-    assert s["skipped"] == {"invalid JSON in _stoks": 2, "no sentences": 2, "NULL group id": 1,
-                            "repeated message_id": 1}
+    assert s["skipped"] == {"invalid JSON in _stoks": 1, "NULL message": 1, "no sentences": 2,
+                            "NULL group id": 1, "repeated message_id": 1}
 
 
 def test_long_names_are_shortened_deterministically(tmp_path, model_cache):
@@ -230,3 +237,24 @@ def test_long_names_are_shortened_deterministically(tmp_path, model_cache):
     assert len(a) <= 64 and a == table_name("all_Mi_L6_v2_memamimdsustL0L1L2L3L4co", long_table, "user_id")
     assert a != table_name("all_Mi_L6_v2_memamimdsustL0L1L2L3L5co", long_table, "user_id")
     assert a.startswith("feat$") and a.endswith("$16to16")
+
+
+def test_runs_table_holds_the_full_settings_of_a_shortened_name(corpus, model_cache, tmp_path):
+    conn, _ = corpus
+    long_table = "messages_from_a_very_long_named_table_x"
+    db = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    with connect("c", **conn) as src:
+        rows = src.query("SELECT message_id, user_id, message FROM msgs_stoks ORDER BY message_id LIMIT 6")
+    with connect("r", create=True, **db) as engine:
+        engine.execute(f"CREATE TABLE {long_table}_stoks (message_id BIGINT, user_id BIGINT, message VARCHAR)")
+        engine.insert_rows(f"{long_table}_stoks", ["message_id", "user_id", "message"], rows)
+        engine.commit()
+    s = bertfeat.add_bert("r", long_table, "user_id", bert_model=MODEL, bert_layers=[0, 1, 2, 3, 4],
+                          bert_msg_aggregation=["mean", "max", "min"], model_dir=model_cache,
+                          stage_dir=str(tmp_path), progress=False, **db)
+    assert len(s["table"]) <= 64 and long_table not in s["table"]  # shortened: the settings are not in it
+    with connect("r", **db) as engine:
+        (table, settings, summary), = engine.runs()
+    assert table == s["table"] and summary["groups"] == s["groups"]
+    assert (settings["model"], settings["layers"], settings["msg_aggregation"]) == (
+        MODEL, [0, 1, 2, 3, 4], ["mean", "max", "min"])

@@ -15,6 +15,7 @@ from ..errors import BertfeatError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_$]+$")
 ENGINES = ("duckdb", "mysql")
+RUNS_TABLE = "bertfeat_runs"  # what wrote each feature table (Engine.record_run)
 TEMP_PREFIX = "bertfeat_tmp_"
 TEMP_RE = re.compile(rf"^{TEMP_PREFIX}([0-9a-f]{{8}})_([0-9]+)_[0-9a-f]{{8}}$")
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
@@ -30,7 +31,10 @@ def _alive(pid):
         return True
 
 
-def check_name(name, what="name", max_len=64):
+MAX_NAME = 64  # MySQL's identifier limit, kept on DuckDB too so tables move between engines
+
+
+def check_name(name, what="name", max_len=MAX_NAME):
     """Return `name` if it is a safe SQL identifier; else raise a one-line error saying why."""
     shown = repr(name[:60] + "…" if isinstance(name, str) and len(name) > 60 else name)
     if not isinstance(name, str) or not NAME_RE.match(name):
@@ -237,6 +241,29 @@ class Engine:
     def create_feature_table(self, table, group_type):
         """DLATK feature table: id, group_id, feat, value, group_norm, indexed on group_id and feat."""
         raise NotImplementedError
+
+    def record_run(self, feat_table, featname, settings, summary):
+        """Keep what wrote `feat_table` (settings and summary as JSON) in the runs table."""
+        import json
+        import time
+
+        from .. import __version__
+        text, runs = self.long_text_type, self.q(RUNS_TABLE)
+        self.execute(f"CREATE TABLE IF NOT EXISTS {runs} (feat_table VARCHAR({MAX_NAME}), created DOUBLE,"
+                     f" bertfeat_version VARCHAR(32), featname {text}, settings {text}, summary {text})")
+        self.execute(f"DELETE FROM {runs} WHERE feat_table = ?", [feat_table])
+        self.execute(f"INSERT INTO {runs} VALUES (?, ?, ?, ?, ?, ?)",
+                     [feat_table, time.time(), __version__, featname, json.dumps(settings),
+                      json.dumps(summary, default=str)])
+        self.commit()
+
+    def runs(self):
+        """[(feature table, settings, summary)] from the runs table (none before the first run)."""
+        import json
+        if not self.table_exists(RUNS_TABLE):
+            return []
+        return [(t, json.loads(st), json.loads(su)) for t, st, su in
+                self.query(f"SELECT feat_table, settings, summary FROM {self.q(RUNS_TABLE)}")]
 
     def index_feature_table(self, table):
         """Indexes that could not be made at creation (DuckDB); a no-op where they were."""
