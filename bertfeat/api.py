@@ -117,8 +117,7 @@ def show_feature_tables(db, **conn):
 
 
 __all__ = ["BertfeatError", "import_csv", "add_sent_tokenized", "show_feature_tables", "add_bert",
-           "export_model", "list_models",
-           "CONNECTION_KEYS"]
+           "feature_matrix", "export_model", "list_models", "CONNECTION_KEYS"]
 
 
 def feature_table_runs(db, **conn):
@@ -133,6 +132,22 @@ def add_bert(db, table, correl_field="user_id", **kwargs):
     """SPEC §3 feature table `feat$<featname>$<table>$<correl>$16to16`; see bertfeat.bert.add_bert."""
     from .bert import add_bert as run
     return run(db, table, correl_field, **kwargs)
+
+
+def feature_matrix(db, feat_table, **conn):
+    """A feature table as numpy: (group ids, feature names, matrix [groups x features]).
+
+    Several tables (a list) are joined on group id, their features side by side. A (group,
+    feature) without a row is 0, as in DLATK. For pandas: pd.DataFrame(x, index=groups,
+    columns=names).
+    """
+    from .predict import load_features
+    tables = [feat_table] if isinstance(feat_table, str) else list(feat_table)
+    for t in tables:
+        check_name(t, "feature table name")
+    with connect(db, **conn) as engine:
+        groups, x, names = load_features(engine, tables)
+    return groups, names, x
 
 
 def export_model(bert_model, precision="fp32", model_dir=None, depth=None, bert_layers=None):

