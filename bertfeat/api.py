@@ -11,13 +11,10 @@ file another process holds).
 import json
 import time
 
-from .errors import BertfeatError
+from .errors import BertfeatError, param
 from .progress import Progress, notice
-from .tables import check_name, connect
+from .tables import CONNECTION_KEYS, check_name, connect
 from .tables import importer
-
-CONNECTION_KEYS = ("db_engine", "db_dir", "mysql_config_file", "mysql_host", "mysql_port", "mysql_user",
-                   "lock_timeout")
 
 
 def import_csv(db, table, csv_path, overwrite=False, messageid_field="message_id", message_field="message",
@@ -47,7 +44,7 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
         summary = {"table": out, "read": 0, "written": 0, "skipped": {}, "resumed_after": None}
         if engine.table_exists(out):
             if not overwrite:
-                notice(f"{out} already exists: nothing to do (pass --overwrite to rebuild it)")
+                notice(f"{out} already exists: nothing to do (pass {param('--overwrite', True)} to rebuild it)")
                 summary["written"] = engine.query(f"SELECT count(*) FROM {engine.q(out)}")[0][0]
                 return summary
         mid = engine.q(messageid_field, "column name")
@@ -128,10 +125,7 @@ def feature_table_runs(db, **conn):
                 for table, st, su in engine.runs()}
 
 
-def add_bert(db, table, correl_field="user_id", **kwargs):
-    """SPEC §3 feature table `feat$<featname>$<table>$<correl>$16to16`; see bertfeat.bert.add_bert."""
-    from .bert import add_bert as run
-    return run(db, table, correl_field, **kwargs)
+from .bert import add_bert  # noqa: E402  (the job itself: its signature is the API's)
 
 
 def feature_matrix(db, feat_table, **conn):
@@ -158,9 +152,9 @@ def export_model(bert_model, precision="fp32", model_dir=None, depth=None, bert_
     """
     from .exporter import export, resolve_source
     if bert_layers and depth is None:
-        from .bert import normalize_layers
         from .models import config_layers
-        depth = normalize_layers(bert_layers, config_layers(resolve_source(bert_model)))[-1] + 1
+        from .settings import BertSettings
+        depth = BertSettings(bert_model, tuple(bert_layers)).for_model(config_layers(resolve_source(bert_model))).depth
     return export(bert_model, precision=precision, depth=depth, root=model_dir)
 
 

@@ -3,6 +3,10 @@ import argparse
 import sys
 
 from .errors import BertfeatError
+from .predict import DEFAULT_FOLDS, DEFAULT_SEED
+from .settings import DEFAULT_MODEL
+from .tables import ENGINES
+from .tables.mysql import DEFAULT_CONFIG_FILE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,12 +30,12 @@ def build_parser():
                         help="message id column (default: message_id)")
 
     db = p.add_argument_group("Database", "which engine and how to reach it")
-    db.add_argument("--db_engine", choices=("duckdb", "mysql"), default="duckdb",
+    db.add_argument("--db_engine", choices=ENGINES, default=ENGINES[0],
                     help="embedded DuckDB (default) or a MySQL/MariaDB server")
     db.add_argument("--db_dir", default=None,
                     help="folder of the DuckDB files (default: env BERTFEAT_DB_DIR, else the current folder)")
-    db.add_argument("--mysql_config_file", default="~/.my.cnf",
-                    help="MySQL option file, as DLATK (default: ~/.my.cnf)")
+    db.add_argument("--mysql_config_file", default=DEFAULT_CONFIG_FILE,
+                    help=f"MySQL option file, as DLATK (default: {DEFAULT_CONFIG_FILE})")
     db.add_argument("--mysql_host", default=None, help="override the option file's host")
     db.add_argument("--mysql_port", default=None, type=int, help="override the option file's port")
     db.add_argument("--mysql_user", default=None, help="override the option file's user")
@@ -51,7 +55,7 @@ def build_parser():
     bert = p.add_argument_group("BERT / embedding features", "DLATK's --emb_* / --embedding_* aliases work too")
     bert.add_argument("--add_bert", "--add_emb", "--add_embedding", action="store_true",
                       help="add contextual-embedding features grouped by -c")
-    bert.add_argument(*_aliases("model"), dest="bert_model", default="base-uncased",
+    bert.add_argument(*_aliases("model"), dest="bert_model", default=DEFAULT_MODEL,
                       help="Hugging Face id or local folder (base-*/large-* mean bert-base-*/bert-large-*)")
     bert.add_argument(*_aliases("layers"), dest="bert_layers", nargs="+", type=int, default=None,
                       help="0-indexed transformer layers, negatives from the end (default: second-to-last)")
@@ -86,12 +90,12 @@ def build_parser():
     pred.add_argument("--nfold_test_regression", action="store_true", help="K-fold cross-validated regression")
     pred.add_argument("--nfold_test_classifiers", action="store_true", help="K-fold cross-validated classifiers")
     pred.add_argument("--model", default=None, help="ridgecv (default), ridge; lr for classifiers")
-    pred.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
+    pred.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help=f"number of folds (default {DEFAULT_FOLDS})")
     pred.add_argument("--group_freq_thresh", type=int, default=None,
                       help="only groups with at least N words in the message table (-t)")
     pred.add_argument("--output_name", default=None, help="write NAME.json and NAME.csv")
     pred.add_argument("--save_predictions", action="store_true", help="also write NAME.predictions.csv")
-    pred.add_argument("--seed", type=int, default=42, help="fold shuffling seed (default 42)")
+    pred.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"fold shuffling seed (default {DEFAULT_SEED})")
     pred.add_argument("--alpha", type=float, default=1.0, help="alpha of --model ridge")
 
     misc = p.add_argument_group("Output")
@@ -123,6 +127,12 @@ def _skipped(skipped):
 
 
 def run(args):
+    from .errors import from_cli
+    with from_cli():
+        _run(args)
+
+
+def _run(args):
     from . import api
     progress = False if args.no_progress else None
     did = False

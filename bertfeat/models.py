@@ -146,7 +146,7 @@ def source_files(src):
     return files
 
 
-def fingerprint(src, depth, precision):
+def fingerprint(src, depth, precision, root=None):
     """Changes whenever an input of an export changes: source files, depth, precision (with its
     recipe), opset and bertfeat's version.
 
@@ -156,10 +156,46 @@ def fingerprint(src, depth, precision):
     """
     from . import __version__
     h = hashlib.sha256()
+    memo = _HashMemo(model_dir(root) / ".source_hashes.json")
     for p in source_files(src):
-        h.update(p.name.encode() + file_sha256(p).encode())
+        h.update(p.name.encode() + memo.sha256(p).encode())
+    memo.save()
     h.update(json.dumps([depth, precision, OPSET, __version__]).encode())
     return h.hexdigest()[:16]
+
+
+class _HashMemo:
+    """sha256 of source files remembered by (path, size, mtime), as cache entries' `.verified`:
+    a local model folder's weights are read once, not on every run; any write re-hashes."""
+
+    def __init__(self, path):
+        self.path, self.changed = Path(path), False
+        try:
+            self.known = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.known = {}
+
+    def sha256(self, p):
+        st = Path(p).stat()
+        key, stamp = str(Path(p).resolve()), [st.st_size, st.st_mtime_ns]
+        known = self.known.get(key)
+        if isinstance(known, list) and known[:2] == stamp:
+            return known[2]
+        digest = file_sha256(p)
+        self.known[key] = stamp + [digest]
+        self.changed = True
+        return digest
+
+    def save(self):
+        if not self.changed:
+            return
+        try:  # atomic; a read-only or missing cache folder just means hashing again next time
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.known))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
 
 
 def config_layers(src):
@@ -216,7 +252,7 @@ def locate(name, depth, precision="fp32", root=None, verify=False, export=None):
     name = canonical_name(name)
     if os.path.isdir(name):
         check_depth(depth, config_layers(name))
-        entry = model_dir(root) / safe_dir_name(name) / fingerprint(name, depth, precision)
+        entry = model_dir(root) / safe_dir_name(name) / fingerprint(name, depth, precision, root)
         if entry.is_dir() and entry_is_intact(entry, full=verify):
             return entry
         fallbacks = []

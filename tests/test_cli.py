@@ -96,3 +96,18 @@ def test_a_missing_feature_table_points_at_add_bert(dla):
     one_line_error(bertfeat("-d", "dla", "--db_dir", dla, "-f", "feat$nope$msgs$user_id$16to16",
                             "--outcome_table", "msgs", "--outcomes", "user_id", "--nfold_test_regression"),
                    "not found", "--add_bert")
+
+
+def test_errors_name_flags_on_the_command_line_and_keywords_from_python(dla, msgs_csv):
+    import bertfeat as package
+    one_line_error(bertfeat("-d", "dla", "-t", "msgs", "--import_csv", msgs_csv, "--db_dir", dla),
+                   "pass --overwrite to replace it")
+    conn = {"db_dir": dla}
+    with pytest.raises(package.BertfeatError, match="pass overwrite=True to replace it"):
+        package.import_csv("dla", "msgs", msgs_csv, **conn)
+    with pytest.raises(package.BertfeatError, match="unknown bert_msg_aggregation 'avg'"):
+        package.add_bert("dla", "msgs", bert_msg_aggregation=["avg"], **conn)
+    with pytest.raises(package.BertfeatError, match="precision='int8' runs on the CPU: use device='cpu'"):
+        package.add_bert("dla", "msgs", precision="int8", device="cuda", **conn)
+    with pytest.raises(package.BertfeatError, match="unknown keyword 'bert_layer' .did you mean 'bert_layers'"):
+        package.add_bert("dla", "msgs", bert_layer=[4], **conn)

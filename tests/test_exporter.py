@@ -108,7 +108,8 @@ def test_two_processes_exporting_at_once_leave_one_good_entry(tiny, tmp_path):
                               stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate()[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs) and outs[0] == outs[1]
-    entries = [e for e in (tmp_path / os.listdir(tmp_path)[0]).iterdir() if not e.name.startswith(".")]
+    folder = next(tmp_path / d for d in os.listdir(tmp_path) if not d.startswith("."))  # not .source_hashes.json
+    entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
     assert len(entries) == 1
 
 
@@ -255,3 +256,20 @@ def test_int8_agrees_on_every_layer_of_each_family(family, tiny, tmp_path):
         worst = ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min()
         assert worst >= MIN_COSINE, (family, k, worst)
     assert usable_layers(int8.manifest) == [0, 1, 2]
+
+
+def test_a_local_folder_is_hashed_once_until_it_changes(tiny, tmp_path, monkeypatch):
+    from bertfeat import models
+    folder = tmp_path / "local"
+    shutil.copytree(tiny["bert"], folder)
+    hashed = []
+    real = models.file_sha256
+    monkeypatch.setattr(models, "file_sha256", lambda p: hashed.append(p) or real(p))
+    first = models.fingerprint(str(folder), 2, "fp32", str(tmp_path / "m"))
+    n = len(hashed)
+    assert n >= 2 and models.fingerprint(str(folder), 2, "fp32", str(tmp_path / "m")) == first
+    assert len(hashed) == n  # remembered: nothing read again
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "note": "edited"}))
+    assert models.fingerprint(str(folder), 2, "fp32", str(tmp_path / "m")) != first
+    assert len(hashed) == n + 1  # only the changed file

@@ -54,7 +54,7 @@ def test_int8_window_is_the_same_alone_and_in_a_full_batch(msgs100u_features):
 
 
 def test_unknown_precision_is_refused(msgs100u_features):
-    with pytest.raises(bertfeat.BertfeatError, match="unknown --precision"):
+    with pytest.raises(bertfeat.BertfeatError, match="unknown precision 'int4'"):
         bertfeat.add_bert("p", "msgs", "user_id", bert_model=MODEL, precision="int4",
                           model_dir=msgs100u_features["model_dir"], **msgs100u_features["conn"])
 
@@ -89,6 +89,6 @@ def test_int8_every_layer_is_refused_or_agrees_on_real_text(msgs100u_features, t
     assert all(worst[k] >= MIN_COSINE for k in usable), (worst, usable)
     if usable != layers:  # a refused layer is a one-line error naming it, before any inference
         weak = next(k for k in layers if k not in usable)
-        with pytest.raises(bertfeat.BertfeatError, match=f"layer {weak} 0\\.9.*--precision fp32"):
+        with pytest.raises(bertfeat.BertfeatError, match=f"layer {weak} 0\\.9.*precision='fp32'"):
             bertfeat.add_bert("p", "msgs", "user_id", bert_model=MODEL, precision="int8", bert_layers=[weak],
                               model_dir=cache, stage_dir=str(tmp_path), progress=False, **msgs100u_features["conn"])

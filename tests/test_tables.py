@@ -37,7 +37,7 @@ def test_hostile_names_never_reach_sql(engine_name, msgs_csv, duck, request):
 
 def test_import_refuses_reimport_without_overwrite(msgs_csv, duck):
     bertfeat.import_csv("d", "msgs", msgs_csv, progress=False, **duck)
-    with pytest.raises(bertfeat.BertfeatError, match="--overwrite"):
+    with pytest.raises(bertfeat.BertfeatError, match="pass overwrite=True"):  # the keyword, from Python
         bertfeat.import_csv("d", "msgs", msgs_csv, progress=False, **duck)
     assert bertfeat.import_csv("d", "msgs", msgs_csv, overwrite=True, progress=False, **duck)["rows"] == 741
     from pathlib import Path  # the API takes a path object as well as a string

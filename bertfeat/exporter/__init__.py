@@ -220,7 +220,7 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
     src = resolve_source(name)
     n_layers = config_layers(src)
     depth = n_layers if depth is None else depth
-    final = model_dir(root) / safe_dir_name(name) / fingerprint(src, depth, precision)
+    final = model_dir(root) / safe_dir_name(name) / fingerprint(src, depth, precision, root)
 
     def build(tmp):
         with _quiet():
@@ -462,7 +462,7 @@ def _derive(name, precision, depth, root, force, convert, optimization, per_wind
     fp32 = read_manifest(fp32_entry)
     src = fp32["source"] if os.path.isdir(fp32["source"]) else resolve_source(name)
     # the recipe is part of the key: a changed quantization never reuses an old entry
-    final = fp32_entry.parent / fingerprint(src, fp32["depth"], f"{precision}:{optimization}")
+    final = fp32_entry.parent / fingerprint(src, fp32["depth"], f"{precision}:{optimization}", root)
 
     def build(tmp):
         convert(fp32_entry / "model.onnx", tmp / "model.onnx")

@@ -16,6 +16,7 @@ from ..tables import check_name, connect
 
 RIDGE_ALPHAS = (1e3, 0.1, 1, 10, 100, 1e4, 1e5)
 DEFAULT_SEED = 42
+DEFAULT_FOLDS = 10
 
 
 def load_features(engine, feat_tables):
@@ -120,7 +121,7 @@ def _r2(y, pred):
 
 
 def nfold_test(db, feat_tables, outcome_table, outcomes, correl_field="user_id", model="ridgecv",
-               folds=10, group_freq_thresh=None, table=None, message_field="message",
+               folds=DEFAULT_FOLDS, group_freq_thresh=None, table=None, message_field="message",
                output_name=None, save_predictions=False, seed=DEFAULT_SEED, alpha=1.0,
                classify=False, quiet=False, **conn):
     """Cross-validated prediction of each outcome from the feature tables; returns DLATK's dict."""

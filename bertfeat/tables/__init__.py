@@ -44,6 +44,26 @@ def check_name(name, what="name", max_len=MAX_NAME):
     return name
 
 
+CONNECTION_KEYS = ("db_engine", "db_dir", "mysql_config_file", "mysql_host", "mysql_port", "mysql_user",
+                   "lock_timeout")
+
+
+def check_connection_keywords(conn, function=None):
+    """A keyword that is not a connection keyword is a one-line error naming the nearest known
+    keyword (of the connection, or of `function`), not a TypeError from deep inside."""
+    import difflib
+    import inspect
+    unknown = [k for k in conn if k not in CONNECTION_KEYS]
+    if not unknown:
+        return
+    known = list(CONNECTION_KEYS)
+    if function is not None:
+        known += [p for p in inspect.signature(function).parameters if p != "conn"]
+    near = difflib.get_close_matches(unknown[0], known, n=1)
+    raise BertfeatError(f"unknown keyword {unknown[0]!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                        + f"; connection keywords are {', '.join(CONNECTION_KEYS)}")
+
+
 def connect(db, db_engine="duckdb", db_dir=None, mysql_config_file=None, mysql_host=None,
             mysql_port=None, mysql_user=None, lock_timeout=None, create=False):
     """Open database `db` on the chosen engine. `create=True` creates it when missing.

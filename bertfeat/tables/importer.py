@@ -6,7 +6,7 @@ import tempfile
 
 import duckdb
 
-from ..errors import BertfeatError
+from ..errors import BertfeatError, param
 from ..progress import Progress, notice
 from . import check_name
 
@@ -70,7 +70,7 @@ def import_csv(engine, table, csv_path, overwrite=False, messageid_field="messag
     if not os.path.isfile(csv_path):
         raise BertfeatError(f"CSV file not found: {csv_path}")
     if engine.table_exists(table) and not overwrite:
-        raise BertfeatError(f"table {table!r} already exists; pass --overwrite to replace it")
+        raise BertfeatError(f"table {table!r} already exists; pass {param('--overwrite', True)} to replace it")
     clean_path, n_replaced = _utf8_path(csv_path)
     reader = duckdb.connect()
     tmp = engine.temp_name(table)

@@ -1,0 +1,125 @@
+"""What shapes a feature table (SPEC §3), declared once and validated at the door.
+
+    settings = BertSettings(model="sentence-transformers/all-MiniLM-L6-v2", layers=(-2,))
+    settings = settings.for_model(n_layers=6)   # layers resolved: (4,)
+    settings.feature_name()                     # 'all_Mi_L6_v2_meL4co'
+
+Every rule that does not need the model is checked when the object is made; the layer range
+once the model's depth is known (`for_model`). The feature name, the table name and the stage
+key derive from it, so two runs with equal settings always meet in the same table and stage.
+"""
+import hashlib
+from dataclasses import dataclass, replace
+
+from .aggregate import ABBR, AGGREGATIONS, LAYER_AGGREGATIONS
+from .errors import BertfeatError, param
+from .models import PRECISIONS, canonical_name, short_name
+from .tables import MAX_NAME
+
+DEFAULT_MODEL = "base-uncased"  # DLATK's default (bert-base-uncased)
+
+
+@dataclass(frozen=True)
+class BertSettings:
+    model: str = DEFAULT_MODEL
+    layers: tuple = None  # 0-based blocks, negatives from the end; None = the second-to-last
+    layer_aggregation: tuple = ("concatenate",)
+    word_aggregation: tuple = ("mean",)
+    msg_aggregation: tuple = ("mean",)
+    no_context: bool = False
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        if not self.model or not isinstance(self.model, str):
+            raise BertfeatError(f"{param('--bert_model')} needs a Hugging Face id or a local directory")
+        set_ = object.__setattr__.__get__(self)
+        set_("model", canonical_name(self.model))
+        for field, flag, allowed, default in (
+                ("layer_aggregation", "--bert_layer_aggregation", LAYER_AGGREGATIONS, "concatenate"),
+                ("word_aggregation", "--bert_word_aggregation", AGGREGATIONS, "mean"),
+                ("msg_aggregation", "--bert_msg_aggregation", AGGREGATIONS, "mean")):
+            set_(field, _aggregations(getattr(self, field), flag, allowed, default))
+        if self.layers is not None and len(self.layers) == 0:
+            set_("layers", None)
+        if self.layers is not None:
+            set_("layers", tuple(_integer(k) for k in self.layers))
+        if self.precision not in PRECISIONS:
+            raise BertfeatError(f"unknown {param('--precision')} {self.precision!r}: choose fp32, int8 (CPU)"
+                                " or fp16 (CUDA)")
+        set_("no_context", bool(self.no_context))
+
+    @classmethod
+    def from_flags(cls, bert_model=DEFAULT_MODEL, bert_layers=None, bert_layer_aggregation=None,
+                   bert_word_aggregation=None, bert_msg_aggregation=None, bert_no_context=False,
+                   precision="fp32"):
+        """From the flag-named keywords of the CLI and the API (None = the default)."""
+        return cls(bert_model, bert_layers, bert_layer_aggregation or ("concatenate",),
+                   bert_word_aggregation or ("mean",), bert_msg_aggregation or ("mean",),
+                   bert_no_context, precision)
+
+    def for_model(self, n_layers):
+        """The same settings with the layers resolved for a model of `n_layers` blocks: SPEC §3,
+        0 = the first block's output, negatives from the end; deduplicated and sorted."""
+        layers = self.layers or (n_layers - 2 if n_layers > 1 else 0,)
+        for k in layers:
+            if not -n_layers <= k < n_layers:
+                raise BertfeatError(
+                    f"layer {k} out of range: this model has {n_layers} layers (valid"
+                    f" {param('--bert_layers')}: 0..{n_layers - 1} or -{n_layers}..-1)")
+        return replace(self, layers=tuple(sorted({k % n_layers for k in layers})))
+
+    @property
+    def depth(self):
+        """Blocks a run needs: up to the deepest layer asked for (after `for_model`)."""
+        return max(self.layers) + 1
+
+    def feature_name(self, per_message=False):
+        """SPEC §3 featname; `per_message` gives the message-level table's (no message
+        aggregation). Reduced precision appends `_int8` / `_fp16`, so it never overwrites the
+        fp32 table of the same settings."""
+        name = short_name(self.model) + "_" + ("noc_" if self.no_context else "")
+        name += "".join(ABBR[a] for a in ([] if per_message else self.msg_aggregation))
+        name += "".join(f"L{k}" for k in self.layers) + "".join(ABBR[a] for a in self.layer_aggregation)
+        if self.word_aggregation != ("mean",):
+            name += "w" + "".join(ABBR[a] for a in self.word_aggregation)
+        if self.precision != "fp32":
+            name += f"_{self.precision}"
+        return name
+
+    def table_name(self, table, correl, per_message=False):
+        return table_name(self.feature_name(per_message), table, correl)
+
+
+def table_name(featname, table, correl, max_len=MAX_NAME):
+    """`feat$<featname>$<table>$<correl>$16to16`, shortened deterministically past `max_len`."""
+    full = f"feat${featname}${table}${correl}$16to16"
+    if len(full) <= max_len:
+        return full
+    digest = hashlib.sha1(full.encode()).hexdigest()[:8]
+    tail = f"${table}${correl}$16to16"
+    keep = max_len - len(tail) - len("feat$") - 9
+    if keep < 4:
+        tail = f"${digest}$16to16"
+        keep = max_len - len(tail) - len("feat$")
+        return f"feat${featname[:keep]}{tail}"
+    return f"feat${featname[:keep]}_{digest}{tail}"
+
+
+def _aggregations(values, flag, allowed, default):
+    values = tuple([values] if isinstance(values, str) else values or (default,))
+    for v in values:
+        if v not in allowed:
+            hint = " (concatenate is for layers only)" if v == "concatenate" else ""
+            raise BertfeatError(f"unknown {param(flag)} {v!r}{hint}: choose from {', '.join(allowed)}")
+    if len(set(values)) != len(values):
+        raise BertfeatError(f"{param(flag)} lists an aggregation twice: {' '.join(values)}")
+    return values
+
+
+def _integer(layer):
+    if isinstance(layer, bool):
+        raise BertfeatError(f"{param('--bert_layers')} takes integers, not {layer!r}")
+    try:
+        return int(layer)
+    except (TypeError, ValueError):
+        raise BertfeatError(f"{param('--bert_layers')} takes integers, not {layer!r}") from None
