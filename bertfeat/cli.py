@@ -109,9 +109,16 @@ def _aliases(suffix):
 
 
 def _conn(args):
-    return {"db_engine": args.db_engine, "db_dir": args.db_dir,
-            "mysql_config_file": args.mysql_config_file, "mysql_host": args.mysql_host,
-            "mysql_port": args.mysql_port, "mysql_user": args.mysql_user, "lock_timeout": args.lock_timeout}
+    from .tables import CONNECTION_KEYS
+    return {k: getattr(args, k) for k in CONNECTION_KEYS}
+
+
+def _keywords(function, args, **given):
+    """The flags that are `function`'s keywords (the API's keywords are the flags' names), plus
+    the connection keywords and `given`."""
+    import inspect
+    names = inspect.signature(function).parameters
+    return {**{k: v for k, v in vars(args).items() if k in names}, **_conn(args), **given}
 
 
 def _need(args, *flags):
@@ -138,16 +145,14 @@ def _run(args):
     did = False
     if args.import_csv:
         _need(args, "corpdb", "corptable")
-        s = api.import_csv(args.corpdb, args.corptable, args.import_csv, overwrite=args.overwrite,
-                           messageid_field=args.messageid_field, message_field=args.message_field,
-                           progress=progress, **_conn(args))
+        s = api.import_csv(args.corpdb, args.corptable, args.import_csv,
+                           **_keywords(api.import_csv, args, progress=progress))
         print(f"import_csv: {s['rows']} rows, {len(s['columns'])} columns -> table {s['table']}")
         did = True
     if args.add_sent_tokenized:
         _need(args, "corpdb", "corptable")
-        s = api.add_sent_tokenized(args.corpdb, args.corptable, message_field=args.message_field,
-                                   messageid_field=args.messageid_field, overwrite=args.overwrite,
-                                   progress=progress, **_conn(args))
+        s = api.add_sent_tokenized(args.corpdb, args.corptable,
+                                   **_keywords(api.add_sent_tokenized, args, progress=progress))
         print(f"add_sent_tokenized: read {s['read']} messages, wrote {s['written']} rows,"
               f" skipped {_skipped(s['skipped'])} -> table {s['table']}"
               + (f" in {s['seconds']} s" if "seconds" in s else " (already there)"))
@@ -180,14 +185,7 @@ def _run(args):
         did = True
     if args.add_bert:
         _need(args, "corpdb", "corptable", "correl_field")
-        s = api.add_bert(
-            args.corpdb, args.corptable, args.correl_field, bert_model=args.bert_model,
-            bert_layers=args.bert_layers, bert_layer_aggregation=args.bert_layer_aggregation,
-            bert_word_aggregation=args.bert_word_aggregation, bert_msg_aggregation=args.bert_msg_aggregation,
-            bert_no_context=args.bert_no_context, bert_keep_msg=args.bert_keep_msg,
-            message_field=args.message_field, messageid_field=args.messageid_field, device=args.device,
-            precision=args.precision, batch_tokens=args.batch_tokens, threads=args.threads,
-            model_dir=args.model_dir, stage_dir=args.stage_dir, progress=progress, **_conn(args))
+        s = api.add_bert(args.corpdb, args.corptable, **_keywords(api.add_bert, args, progress=progress))
         print(f"add_bert: {s['groups']} groups from {s['messages']} messages ({s['embedded']} distinct texts embedded,"
               f" {s['reused']} messages reusing the vector of an identical text),"
               f" skipped {_skipped(s['skipped'])};"

@@ -198,7 +198,7 @@ def test_kill_9_then_rerun_gives_the_same_table(kill_after, corpus, model_cache,
 
 def test_bad_input_is_refused_with_one_line(corpus, model_cache, tmp_path):
     conn, _ = corpus
-    for kw, needle in ((dict(bert_msg_aggregation=["avg"]), "unknown --bert_msg_aggregation"),
+    for kw, needle in ((dict(bert_msg_aggregation=["avg"]), "unknown bert_msg_aggregation 'avg'"),
                        (dict(bert_word_aggregation=["concatenate"]), "for layers only"),
                        (dict(bert_msg_aggregation=["concatenate"]), "for layers only"),
                        (dict(bert_layer_aggregation=["eval('1')"]), "unknown"),
@@ -231,7 +231,7 @@ def test_empty_table_empty_group_and_invalid_json(model_cache, tmp_path):
 
 
 def test_long_names_are_shortened_deterministically(tmp_path, model_cache):
-    from bertfeat.bert import table_name
+    from bertfeat.settings import table_name
     long_table = "messages_from_a_very_long_named_table_x"
     a = table_name("all_Mi_L6_v2_memamimdsustL0L1L2L3L4co", long_table, "user_id")
     assert len(a) <= 64 and a == table_name("all_Mi_L6_v2_memamimdsustL0L1L2L3L4co", long_table, "user_id")

@@ -38,7 +38,7 @@ def test_message_vectors_agree_with_fp32(precision, msgs100u_features, capsys):
     manifest = read_manifest(locate(MODEL, 5, precision, msgs100u_features["model_dir"]))
     assert manifest["precision"] == precision and 4 in usable_layers(manifest)
     if precision == "fp16":
-        assert "meant for --device cuda" in capsys.readouterr().err
+        assert "meant for device='cuda'" in capsys.readouterr().err
         assert manifest["per_window"] is False and min(cos) > 0.9999  # fp16 is far closer than int8
 
 
