@@ -11,6 +11,7 @@ file another process holds).
 import json
 import time
 
+from .bert import add_bert  # the job itself: its signature is the API's
 from .errors import BertfeatError, param
 from .progress import Progress, notice
 from .tables import CONNECTION_KEYS, check_name, connect
@@ -123,9 +124,6 @@ def feature_table_runs(db, **conn):
         return {table: f"model={st['model']} layers={st['layers']} precision={st['precision']}"
                        f" groups={su['groups']} messages={su['messages']} seconds={su['seconds']}"
                 for table, st, su in engine.runs()}
-
-
-from .bert import add_bert  # noqa: E402  (the job itself: its signature is the API's)
 
 
 def feature_matrix(db, feat_table, **conn):

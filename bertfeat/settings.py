@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from .aggregate import ABBR, AGGREGATIONS, LAYER_AGGREGATIONS
 from .errors import BertfeatError, param
-from .models import PRECISIONS, canonical_name, short_name
+from .models import canonical_name, check_precision, layer_out_of_range, short_name
 from .tables import MAX_NAME
 
 DEFAULT_MODEL = "base-uncased"  # DLATK's default (bert-base-uncased)
@@ -43,9 +43,7 @@ class BertSettings:
             set_("layers", None)
         if self.layers is not None:
             set_("layers", tuple(_integer(k) for k in self.layers))
-        if self.precision not in PRECISIONS:
-            raise BertfeatError(f"unknown {param('--precision')} {self.precision!r}: choose fp32, int8 (CPU)"
-                                " or fp16 (CUDA)")
+        check_precision(self.precision)
         set_("no_context", bool(self.no_context))
 
     @classmethod
@@ -63,9 +61,7 @@ class BertSettings:
         layers = self.layers or (n_layers - 2 if n_layers > 1 else 0,)
         for k in layers:
             if not -n_layers <= k < n_layers:
-                raise BertfeatError(
-                    f"layer {k} out of range: this model has {n_layers} layers (valid"
-                    f" {param('--bert_layers')}: 0..{n_layers - 1} or -{n_layers}..-1)")
+                raise layer_out_of_range(k, n_layers)
         return replace(self, layers=tuple(sorted({k % n_layers for k in layers})))
 
     @property
@@ -117,9 +113,9 @@ def _aggregations(values, flag, allowed, default):
 
 
 def _integer(layer):
-    if isinstance(layer, bool):
-        raise BertfeatError(f"{param('--bert_layers')} takes integers, not {layer!r}")
     try:
-        return int(layer)
+        if not isinstance(layer, bool):
+            return int(layer)
     except (TypeError, ValueError):
-        raise BertfeatError(f"{param('--bert_layers')} takes integers, not {layer!r}") from None
+        pass
+    raise BertfeatError(f"{param('--bert_layers')} takes integers, not {layer!r}")

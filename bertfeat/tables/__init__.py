@@ -44,6 +44,7 @@ def check_name(name, what="name", max_len=MAX_NAME):
     return name
 
 
+DEFAULT_MYSQL_CONFIG = "~/.my.cnf"  # as DLATK
 CONNECTION_KEYS = ("db_engine", "db_dir", "mysql_config_file", "mysql_host", "mysql_port", "mysql_user",
                    "lock_timeout")
 

@@ -13,9 +13,7 @@ import pymysql
 from pymysql.constants import ER
 
 from ..errors import BertfeatError
-from . import Engine
-
-DEFAULT_CONFIG_FILE = "~/.my.cnf"  # as DLATK
+from . import DEFAULT_MYSQL_CONFIG, Engine
 
 CONNECT_TIMEOUT = 10
 # DuckDB type of a CSV column -> MySQL type (text: decided by the longest value).
@@ -32,7 +30,7 @@ class MySQLEngine(Engine):
         self.db = db
         self.settings = {"charset": "utf8mb4", "use_unicode": True, "connect_timeout": CONNECT_TIMEOUT,
                          "local_infile": False, "autocommit": False}
-        config_file = os.path.expanduser(config_file or DEFAULT_CONFIG_FILE)
+        config_file = os.path.expanduser(config_file or DEFAULT_MYSQL_CONFIG)
         if os.path.exists(config_file):
             self.settings["read_default_file"] = config_file
             self.settings["read_default_group"] = "client"  # DLATK's section
