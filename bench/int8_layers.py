@@ -101,7 +101,10 @@ def main():
                 "last block fp32": [n for n in mm if f"layer.{depth - 1}/" in n] + attn[-1:]}
     smooth = {"smooth a=0.5": (0.5, []), "smooth a=0.5 + ffn2 fp32": (0.5, ffn2),
               "smooth a=0.75": (0.75, []), "smooth a=0.75 + ffn2 fp32": (0.75, ffn2),
-              "smooth a=0.75, ffn2 a=0.95": (0.75, []), "smooth a=0.85, ffn2 a=0.95": (0.85, [])}
+              "smooth a=0.75, ffn2 a=0.95": (0.75, []), "smooth a=0.85, ffn2 a=0.95": (0.85, []),
+              "smooth a=0.75 + ffn2 + last ffn1 fp32": (0.75, ffn2 + ffn1[-1:]),
+              "smooth a=0.75 + ffn2 + last attention fp32": (0.75, ffn2 + attn[-1:] + attn_out[-1:]),
+              "smooth a=0.75 + ffn2 + last block fp32": (0.75, ffn2 + ffn1[-1:] + attn[-1:] + attn_out[-1:])}
     variants.update({k: v[1] for k, v in smooth.items()})
     if args.variants:
         variants = {k: v for k, v in variants.items() if any(x in k for x in args.variants)}

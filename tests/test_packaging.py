@@ -18,11 +18,12 @@ ORT = {"onnxruntime", "onnxruntime-gpu"}
 
 def test_extras_name_one_runtime_each():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    names = lambda reqs: {r.split(">")[0].split("=")[0].split("<")[0].strip() for r in reqs}  # noqa: E731
+    names = lambda reqs: {r.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip() for r in reqs}  # noqa: E731
     assert not names(project["dependencies"]) & ORT
     extras = project["optional-dependencies"]
     assert names(extras["cpu"]) == {"onnxruntime"}
-    assert extras["gpu"] == ["onnxruntime-gpu>=1.20,<1.27"] and extras["gpu-cu13"] == ["onnxruntime-gpu>=1.27"]
+    assert extras["gpu"] == ["onnxruntime-gpu[cuda,cudnn]>=1.21,<1.27"]
+    assert extras["gpu-cu13"] == ["onnxruntime-gpu[cuda,cudnn]>=1.27"]
 
 
 @pytest.mark.parametrize("extra, want", [("cpu", ("onnxruntime", None)), ("gpu", ("onnxruntime-gpu", "1.26")),
@@ -45,10 +46,16 @@ def test_pip_resolves_exactly_one_runtime(extra, want, tmp_path):
     name, bound = want
     assert list(runtimes) == [name]
     major_minor = tuple(int(x) for x in runtimes[name].split(".")[:2])
-    if bound == "1.26":
+    cuda = {n: v for n, v in got.items() if n.startswith("nvidia-")}
+    if bound is None:
+        assert cuda == {}  # the CPU install brings no CUDA wheels
+    elif bound == "1.26":  # CUDA 12: the cu12 runtime and cuDNN wheels come with it
         assert major_minor < (1, 27)
-    elif bound == "1.27":
+        assert {"nvidia-cuda-runtime-cu12", "nvidia-cudnn-cu12", "nvidia-cublas-cu12"} <= set(cuda), cuda
+    else:  # CUDA 13: runtime 13.x and the cu13 cuDNN, nothing built for CUDA 12
         assert major_minor >= (1, 27)
+        assert cuda["nvidia-cuda-runtime"].startswith("13.") and "nvidia-cudnn-cu13" in cuda, cuda
+        assert not any(n.endswith("-cu12") for n in cuda), cuda
 
 
 def run_cli(prelude, *args, cwd):

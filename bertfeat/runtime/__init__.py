@@ -187,6 +187,23 @@ def import_ort():
         raise BertfeatError(f"ONNX Runtime is not installed: {INSTALL_HINT}") from e
 
 
+def preload_cuda_libraries(ort):
+    """Load the CUDA and cuDNN libraries that pip installed with onnxruntime-gpu[cuda,cudnn]
+    (the nvidia-* wheels), so the CUDA provider finds them without torch or LD_LIBRARY_PATH.
+    Libraries already loaded, or installed system-wide, are left to the usual search; anything
+    still missing shows when the session starts (Encoder's one-line error)."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
+    if preload is None:
+        return
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its own warnings
+        try:
+            preload()
+        except Exception:  # a failed preload is not yet an error: the session start decides
+            pass
+
+
 def resolve_device(device):
     """'cpu', 'cuda' or 'auto' -> the device to use; cuda without onnxruntime-gpu is an error."""
     ort = import_ort()
@@ -199,6 +216,8 @@ def resolve_device(device):
             f" {' '.join(b.split()[0] for b in builds)} && pip install 'bertfeat[gpu]' (CUDA 12)"
             " or 'bertfeat[gpu-cu13]' (CUDA 13)")
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if has_cuda and device in ("cuda", "auto"):
+        preload_cuda_libraries(ort)
     if device == "auto":
         if not has_cuda:
             notice("no CUDA provider in onnxruntime: running on CPU (pip install 'bertfeat[gpu]' for CUDA)")
