@@ -82,7 +82,7 @@ def build_parser():
     bert.add_argument("--verify_models", action="store_true",
                       help="show the export cache, re-hashing every file (exit 2 if any entry is corrupted)")
 
-    pred = p.add_argument_group("Prediction", "cross-validated models over feature tables (SPEC §5)")
+    pred = p.add_argument_group("Prediction", "cross-validated models over feature tables (docs/features.md §5)")
     pred.add_argument("-f", "--feat_table", nargs="+", default=None, help="feature table(s), joined on group id")
     pred.add_argument("--outcome_table", default=None, help="table with the correl field and outcome columns")
     pred.add_argument("--outcomes", nargs="+", default=None, help="outcome columns")
