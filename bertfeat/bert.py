@@ -23,11 +23,14 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
              bert_layer_aggregation=None, bert_word_aggregation=None, bert_msg_aggregation=None,
              bert_no_context=False, bert_keep_msg=False, message_field="message",
              messageid_field="message_id", device="cpu", precision="fp32", batch_tokens=None,
-             threads=None, model_dir=None, stage_dir=None, progress=None, chunk_messages=256, **conn):
+             threads=None, model_dir=None, stage_dir=None, progress=None, chunk_messages=256,
+             bert_table_name=None, bert_class=None, **conn):
     """Write the SPEC §3 feature table for `table` grouped by `correl_field`; returns a summary.
 
     Keywords are the flags' names (`bert_layers` is --bert_layers); `conn` takes the connection
-    keywords (bertfeat.api.CONNECTION_KEYS)."""
+    keywords (bertfeat.api.CONNECTION_KEYS). `bert_table_name` (DLATK's --emb_table_name) names
+    the feature table instead of SPEC §3's name; `bert_class` (--emb_class) is checked against
+    the model's type ('auto' or None: no check)."""
     started = time.perf_counter()
     settings = BertSettings.from_flags(bert_model, bert_layers, bert_layer_aggregation, bert_word_aggregation,
                                        bert_msg_aggregation, bert_no_context, precision)
@@ -50,8 +53,11 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
             settings, entry, manifest = _model(settings, model_dir)
         if source == table:
             notice(f"{source}_stoks not found: splitting sentences on the fly (run --add_sent_tokenized to keep them)")
-        feat_table = check_name(settings.table_name(table, correl_field), "feature table name")
+        _check_class(bert_class, manifest)
+        feat_table = check_name(bert_table_name or settings.table_name(table, correl_field), "feature table name")
         msg_table = check_name(settings.table_name(table, messageid_field, per_message=True), "feature table name")
+        if bert_table_name:
+            _check_own_table(engine, feat_table, {table, source, msg_table})
         types = dict(engine.columns(source))
         id_type, group_type = _duck_type(types[messageid_field]), _duck_type(types[correl_field])
         # the stage key holds the graph's content hash (verified): vectors computed by any other
@@ -105,6 +111,38 @@ def _device(device, precision):
         notice(f"{param('--precision', 'fp16')} is meant for {param('--device', 'cuda')}: on the CPU it"
                " is slower than fp32")
     return device
+
+
+def _norm_class(name):
+    """'BertModel', 'bert', 'XLMRobertaModel', 'xlm-roberta' -> a comparable family name."""
+    name = str(name).lower().replace("-", "").replace("_", "")
+    for suffix in ("formaskedlm", "model"):
+        name = name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
+    return name
+
+
+def _check_class(bert_class, manifest):
+    """DLATK's --emb_class picks the Hugging Face class; bertfeat reads the type from the model's
+    config, so a class is only checked against it (auto, or nothing given: no check)."""
+    if bert_class in (None, "") or _norm_class(bert_class) in ("auto", "automodel"):
+        return
+    if _norm_class(bert_class) != _norm_class(manifest.get("model_type", "")):
+        raise BertfeatError(f"{param('--bert_class', bert_class)} does not match the model's type"
+                            f" {manifest.get('model_type')!r} (its config.json): leave it out or use"
+                            f" {param('--bert_class', 'auto')}")
+
+
+def _check_own_table(engine, name, protected):
+    """An explicit feature table name (--emb_table_name) must not replace the messages, their
+    sentences, the message-level table or any table that is not a feature table."""
+    if name in protected:
+        raise BertfeatError(f"{param('--bert_table_name', name)} is the name of a table this run reads or"
+                            " writes: choose another name")
+    if engine.table_exists(name):
+        cols = {c.lower() for c, _ in engine.columns(name)}
+        if not {"group_id", "feat", "value", "group_norm"} <= cols:
+            raise BertfeatError(f"{param('--bert_table_name', name)}: a table of that name exists and is not a"
+                                " feature table; bertfeat will not replace it: choose another name")
 
 
 def _one(correl_field):

@@ -68,6 +68,12 @@ def build_parser():
                       help="embed every word piece on its own")
     bert.add_argument(*_aliases("keep_msg"), dest="bert_keep_msg", action="store_true",
                       help="also write the message-level table (grouped by message_id)")
+    bert.add_argument(*_aliases("table_name"), dest="bert_table_name", default=None,
+                      help="name the feature table (default: DLATK's feat$<featname>$<table>$<correl>$16to16)")
+    bert.add_argument(*_aliases("class"), dest="bert_class", default=None,
+                      help="DLATK's model class (auto, bert, roberta, ...): checked against the model's config")
+    bert.add_argument("--batch_size", dest="emb_batch_size", type=int, default=None,
+                      help="accepted for DLATK; bertfeat batches by tokens (--batch_tokens)")
     bert.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
     bert.add_argument("--precision", default="fp32", help="fp32 (default), int8 (CPU) or fp16 (CUDA)")
     bert.add_argument("--batch_tokens", type=int, default=None, help="padded tokens per inference batch")
@@ -184,6 +190,10 @@ def _run(args):
         did = True
     if args.add_bert:
         _need(args, "corpdb", "corptable", "correl_field")
+        if args.emb_batch_size is not None:
+            from .progress import notice
+            notice(f"--batch_size {args.emb_batch_size} is accepted for DLATK and not used: bertfeat packs windows"
+                   " into batches of --batch_tokens padded tokens (default 2048), sorted by length")
         s = api.add_bert(args.corpdb, args.corptable, **_keywords(api.add_bert, args, progress=progress))
         print(f"add_bert: {s['groups']} groups from {s['messages']} messages ({s['embedded']} distinct texts embedded,"
               f" {s['reused']} messages reusing the vector of an identical text),"

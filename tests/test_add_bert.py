@@ -258,3 +258,35 @@ def test_runs_table_holds_the_full_settings_of_a_shortened_name(corpus, model_ca
     assert table == s["table"] and summary["groups"] == s["groups"]
     assert (settings["model"], settings["layers"], settings["msg_aggregation"]) == (
         MODEL, [0, 1, 2, 3, 4], ["mean", "max", "min"])
+
+
+def test_dlatk_table_name_class_and_batch_size(corpus, model_cache, tmp_path):
+    """DLATK's --emb_table_name names the table (never replacing a table that is not a feature
+    table), --emb_class is checked against the model's config, --batch_size is accepted."""
+    conn, _ = corpus
+    default = run("c", conn, model_cache, tmp_path)
+    s = run("c", conn, model_cache, tmp_path, bert_table_name="feat$minilm_users", bert_class="BertModel")
+    assert s["table"] == "feat$minilm_users" and s["embedded"] == 0  # the stage served it: same settings
+    assert sorted(features("c", s["table"], conn)) == sorted(features("c", default["table"], conn))
+    assert run("c", conn, model_cache, tmp_path, bert_table_name="feat$minilm_users", bert_class="auto")["rows"]
+    for kw, needle in ((dict(bert_class="roberta"), "bert_class='roberta' does not match the model's type 'bert'"),
+                       (dict(bert_table_name="msgs"), "is the name of a table this run reads or writes"),
+                       (dict(bert_table_name="msgs_stoks"), "is the name of a table this run reads or writes"),
+                       (dict(bert_table_name="bad name"), "invalid feature table name")):
+        with pytest.raises(bertfeat.BertfeatError, match=needle):
+            run("c", conn, model_cache, tmp_path, **kw)
+    with connect("c", **conn) as engine:
+        engine.execute("CREATE TABLE outcomes_x (user_id BIGINT, age DOUBLE)")
+        engine.commit()
+    with pytest.raises(bertfeat.BertfeatError, match="exists and is not a feature table"):
+        run("c", conn, model_cache, tmp_path, bert_table_name="outcomes_x")
+    r = subprocess.run([sys.executable, "-m", "bertfeat", "-d", "c", "-t", "msgs", "-c", "user_id", "--add_bert",
+                        "--bert_model", MODEL, "--model_dir", model_cache, "--stage_dir", str(tmp_path),
+                        "--db_dir", conn["db_dir"], "--emb_table_name", "feat$cli_named", "--emb_class", "bert",
+                        "--batch_size", "10", "--no_progress"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "--batch_size 10 is accepted for DLATK and not used" in r.stderr and "feat$cli_named" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "bertfeat", "-d", "c", "-t", "msgs", "-c", "user_id", "--add_bert",
+                        "--bert_model", MODEL, "--model_dir", model_cache, "--db_dir", conn["db_dir"],
+                        "--emb_class", "roberta"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--bert_class roberta does not match" in r.stderr, r.stderr
