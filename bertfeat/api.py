@@ -34,8 +34,6 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
     Written into `<table>_stoks__partial` and renamed when complete, so an interrupted run is
     never mistaken for a finished one; a rerun resumes after the last message_id written.
     """
-    from .text.sentences import split_sentences
-
     started = time.perf_counter()
     check_name(table, "table name")
     out = check_name(f"{table}_stoks", "sentence table name")
@@ -48,43 +46,15 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
                 notice(f"{out} already exists: nothing to do (pass {param('--overwrite', True)} to rebuild it)")
                 summary["written"] = engine.query(f"SELECT count(*) FROM {engine.q(out)}")[0][0]
                 return summary
-        mid = engine.q(messageid_field, "column name")
-        last = None
-        # A partial table is resumed only when the message table is what it was when the partial
-        # was started (same ids and texts): otherwise its rows are stale and it starts over.
-        checksum = engine.content_checksum(table, [messageid_field, message_field])
-        if engine.table_exists(partial):
-            if overwrite:
-                engine.drop_table(partial)
-            elif engine.table_comment(partial) != f"bertfeat source {checksum}":
-                notice(f"{table} changed since {partial} was started: starting {out} over")
-                engine.drop_table(partial)
-            else:
-                last = engine.query(f"SELECT max({mid}) FROM {engine.q(partial)}")[0][0]
-                if last is not None:  # redo the last id: its rows may be half written
-                    engine.execute(f"DELETE FROM {engine.q(partial)} WHERE {mid} = ?", [last])
-                    engine.commit()
-                    summary["resumed_after"] = last
-                    notice(f"resuming {out} from {messageid_field} {last}")
-        if not engine.table_exists(partial):
-            engine.copy_schema(table, partial, message_field)
-            engine.set_table_comment(partial, f"bertfeat source {checksum}")
-            engine.commit()
+        last = _start_partial(engine, table, partial, out, messageid_field, message_field, overwrite)
+        summary["resumed_after"] = last
         total, null_ids, batches = engine.by_id(table, messageid_field, columns, batch_size, from_id=last)
         if null_ids:
             summary["skipped"]["NULL message_id"] = null_ids
-        msg_index = columns.index(message_field)
         with Progress("sentences", total, enabled=progress) as bar:
             for rows in batches:
-                out_rows = []
                 with engine.released():
-                    for row in rows:
-                        if row[msg_index] is None:
-                            summary["skipped"]["NULL message"] = summary["skipped"].get("NULL message", 0) + 1
-                            continue
-                        row = list(row)
-                        row[msg_index] = json.dumps(split_sentences(row[msg_index]), ensure_ascii=False)
-                        out_rows.append(row)
+                    out_rows = _split_rows(rows, columns.index(message_field), summary["skipped"])
                 engine.insert_rows(partial, columns, out_rows)
                 engine.commit()
                 summary["read"] += len(rows)
@@ -95,6 +65,48 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
         engine.commit()
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
+
+
+def _start_partial(engine, table, partial, out, messageid_field, message_field, overwrite):
+    """Create or resume `partial`; returns the message_id to resume after (None: from the start).
+
+    A partial table is resumed only when the message table is what it was when the partial was
+    started (same ids and texts, kept as its comment): otherwise its rows are stale and it
+    starts over. The last id's rows are redone (they may be half written)."""
+    mid = engine.q(messageid_field, "column name")
+    last = None
+    checksum = engine.content_checksum(table, [messageid_field, message_field])
+    if engine.table_exists(partial):
+        if overwrite:
+            engine.drop_table(partial)
+        elif engine.table_comment(partial) != f"bertfeat source {checksum}":
+            notice(f"{table} changed since {partial} was started: starting {out} over")
+            engine.drop_table(partial)
+        else:
+            last = engine.query(f"SELECT max({mid}) FROM {engine.q(partial)}")[0][0]
+            if last is not None:
+                engine.execute(f"DELETE FROM {engine.q(partial)} WHERE {mid} = ?", [last])
+                engine.commit()
+                notice(f"resuming {out} from {messageid_field} {last}")
+    if not engine.table_exists(partial):
+        engine.copy_schema(table, partial, message_field)
+        engine.set_table_comment(partial, f"bertfeat source {checksum}")
+        engine.commit()
+    return last
+
+
+def _split_rows(rows, msg_index, skipped):
+    """The rows with their message as a JSON array of sentences; NULL messages are counted."""
+    from .text.sentences import split_sentences
+    out = []
+    for row in rows:
+        if row[msg_index] is None:
+            skipped["NULL message"] = skipped.get("NULL message", 0) + 1
+            continue
+        row = list(row)
+        row[msg_index] = json.dumps(split_sentences(row[msg_index]), ensure_ascii=False)
+        out.append(row)
+    return out
 
 
 def show_feature_tables(db, **conn):

@@ -45,28 +45,17 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
     # (export, inference), so other processes get in between chunks (tables/duck.py)
     with connect(db, **conn) as engine, engine.hold():
         source = _message_source(engine, table, fields)
-        stage_path = os.path.join(stage_dir or conn.get("db_dir") or os.environ.get("BERTFEAT_DB_DIR") or ".",
-                                  f"{db}.bertfeat_stage.duckdb")
-        if os.path.exists(stage_path):
-            open_stage(stage_path, lock_timeout=conn.get("lock_timeout")).close()  # unreadable: say so now
+        stage_path = _stage_path(db, stage_dir, conn)
         with engine.released():
             settings, entry, manifest = _model(settings, model_dir)
         if source == table:
             notice(f"{source}_stoks not found: splitting sentences on the fly (run --add_sent_tokenized to keep them)")
         _check_class(bert_class, manifest)
-        feat_table = check_name(bert_table_name or settings.table_name(table, correl_field), "feature table name")
-        msg_table = check_name(settings.table_name(table, messageid_field, per_message=True), "feature table name")
-        if bert_table_name:
-            _check_own_table(engine, feat_table, {table, source, msg_table})
+        feat_table, msg_table = _table_names(engine, settings, table, source, correl_field, messageid_field,
+                                             bert_table_name)
         types = dict(engine.columns(source))
         id_type, group_type = _duck_type(types[messageid_field]), _duck_type(types[correl_field])
-        # the stage key holds the graph's content hash (verified): vectors computed by any other
-        # file, a corrupted one included, are never reused
-        key = {"model": settings.model, "fingerprint": manifest["fingerprint"],
-               "model_sha256": manifest["files"]["model.onnx"], "id_type": id_type,
-               "precision": settings.precision, "layers": settings.layers,
-               "layer_aggregation": settings.layer_aggregation, "word_aggregation": settings.word_aggregation,
-               "no_context": settings.no_context}
+        key = settings.stage_key(manifest, id_type)
         stage = Stage(stage_path, key, id_type, group_type, lock_timeout=conn.get("lock_timeout"))
 
         def make_embedder():
@@ -75,20 +64,37 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
                                    settings.no_context, device=device, threads=threads, batch_tokens=batch_tokens)
         counts, embedder = _stage_messages(engine, stage, source, fields, source != table, make_embedder,
                                            chunk_messages, progress)
-        outputs = [(feat_table, stage.group_features_sql, (list(settings.msg_aggregation),), types[correl_field])]
+        written = _write_feature_table(engine, stage, feat_table, stage.group_features_sql,
+                                       (list(settings.msg_aggregation),), types[correl_field])
         if bert_keep_msg:
-            outputs.append((msg_table, stage.message_features_sql, (), types[messageid_field]))
-        written = {t: _write_feature_table(engine, stage, t, make_sql, extra, gtype)
-                   for t, make_sql, extra, gtype in outputs}
+            _write_feature_table(engine, stage, msg_table, stage.message_features_sql, (), types[messageid_field])
         stage.drop_groups()
         summary = {"table": feat_table, "message_table": msg_table if bert_keep_msg else None,
                    "groups": engine.query(f"SELECT count(DISTINCT group_id) FROM {engine.q(feat_table)}")[0][0],
-                   "rows": written[feat_table], "seconds": round(time.perf_counter() - started, 2),
+                   "rows": written, "seconds": round(time.perf_counter() - started, 2),
                    "windows": embedder.encoder.windows_run if embedder else 0,
                    "tokens": embedder.encoder.tokens_run if embedder else 0, **counts}
         engine.record_run(feat_table, settings.feature_name(),
                           {**key, "msg_aggregation": settings.msg_aggregation}, summary)
     return summary
+
+
+def _stage_path(db, stage_dir, conn):
+    """The stage file (cached message vectors) of `db`; an unreadable one is an error now."""
+    path = os.path.join(stage_dir or conn.get("db_dir") or os.environ.get("BERTFEAT_DB_DIR") or ".",
+                        f"{db}.bertfeat_stage.duckdb")
+    if os.path.exists(path):
+        open_stage(path, lock_timeout=conn.get("lock_timeout")).close()
+    return path
+
+
+def _table_names(engine, settings, table, source, correl_field, messageid_field, bert_table_name):
+    """(feature table, message-level table): SPEC §3's names, or the user's for the first."""
+    feat_table = check_name(bert_table_name or settings.table_name(table, correl_field), "feature table name")
+    msg_table = check_name(settings.table_name(table, messageid_field, per_message=True), "feature table name")
+    if bert_table_name:
+        _check_own_table(engine, feat_table, {table, source, msg_table})
+    return feat_table, msg_table
 
 
 def _check_counts(values):

@@ -145,83 +145,105 @@ def run(args):
 
 
 def _run(args):
-    from . import api
+    """Each action given, in the order a DLATK pipeline runs them."""
     progress = False if args.no_progress else None
-    did = False
-    if args.import_csv:
-        _need(args, "corpdb", "corptable")
-        s = api.import_csv(args.corpdb, args.corptable, args.import_csv,
-                           **_keywords(api.import_csv, args, progress=progress))
-        print(f"import_csv: {s['rows']} rows, {len(s['columns'])} columns -> table {s['table']}")
-        did = True
-    if args.add_sent_tokenized:
-        _need(args, "corpdb", "corptable")
-        s = api.add_sent_tokenized(args.corpdb, args.corptable,
-                                   **_keywords(api.add_sent_tokenized, args, progress=progress))
-        print(f"add_sent_tokenized: read {s['read']} messages, wrote {s['written']} rows,"
-              f" skipped {_skipped(s['skipped'])} -> table {s['table']}"
-              + (f" in {s['seconds']} s" if "seconds" in s else " (already there)"))
-        did = True
-    if args.export_model:
-        entry = api.export_model(args.export_model, precision=args.precision, model_dir=args.model_dir,
-                                 bert_layers=args.bert_layers)
-        print(f"export_model: {args.export_model} -> {entry}")
-        did = True
-    if args.list_models or args.verify_models:
-        bad = 0
-        for name, entry, manifest, size, intact in api.list_models(args.model_dir, verify=args.verify_models):
-            bad += not intact
-            info = "no manifest"
-            if manifest:
-                from .models import usable_layers
-                per_layer = manifest.get("fp32_layer_cosine")
-                if manifest["precision"] == "fp32":
-                    agreement = f"max error {manifest['validation_max_error']:.1e}"
-                else:
-                    cosines = (" ".join(f"L{k} {c:.4f}" for k, c in enumerate(per_layer)) if per_layer
-                               else f"{manifest.get('fp32_min_window_cosine', float('nan')):.4f}")
-                    usable = " ".join(map(str, usable_layers(manifest))) or "none"
-                    agreement = f"min cosine to fp32 {cosines} (usable layers: {usable})"
-                info = f"depth {manifest['depth']}/{manifest['layers']} {manifest['precision']} {agreement}"
-            print(f"{name}  {size / 1e6:.1f} MB  {info}  {'ok' if intact else 'CORRUPTED'}  {entry}")
-        if bad and args.verify_models:
-            raise BertfeatError(f"{bad} corrupted cache entr{'y' if bad == 1 else 'ies'}: delete"
-                                " them (the next run that needs one exports it again)")
-        did = True
-    if args.add_bert:
-        _need(args, "corpdb", "corptable", "correl_field")
-        if args.emb_batch_size is not None:
-            from .progress import notice
-            notice(f"--batch_size {args.emb_batch_size} is accepted for DLATK and not used: bertfeat packs windows"
-                   " into batches of --batch_tokens padded tokens (default 2048), sorted by length")
-        s = api.add_bert(args.corpdb, args.corptable, **_keywords(api.add_bert, args, progress=progress))
-        print(f"add_bert: {s['groups']} groups from {s['messages']} messages ({s['embedded']} distinct texts embedded,"
-              f" {s['reused']} messages reusing the vector of an identical text),"
-              f" skipped {_skipped(s['skipped'])};"
-              f" {s['windows']} windows, {s['tokens']} tokens in {s['seconds']} s -> table {s['table']}"
-              + (f" and {s['message_table']}" if s["message_table"] else ""))
-        did = True
-    if args.nfold_test_regression or args.nfold_test_classifiers:
-        _need(args, "corpdb", "feat_table", "outcome_table", "outcomes")
-        from .predict import nfold_test
-        classify = bool(args.nfold_test_classifiers)
-        nfold_test(args.corpdb, args.feat_table, args.outcome_table, args.outcomes,
-                   correl_field=(args.correl_field or ["user_id"])[0],
-                   model=args.model or ("lr" if classify else "ridgecv"), folds=args.folds,
-                   group_freq_thresh=args.group_freq_thresh, table=args.corptable,
-                   message_field=args.message_field, output_name=args.output_name,
-                   save_predictions=args.save_predictions, seed=args.seed, alpha=args.alpha,
-                   classify=classify, **_conn(args))
-        did = True
-    if args.show_feature_tables:
-        _need(args, "corpdb")
-        runs = api.feature_table_runs(args.corpdb, **_conn(args))
-        for name, kind in api.show_feature_tables(args.corpdb, **_conn(args)):
-            print(f"{kind:10s} {name}" + (f"  {runs[name]}" if name in runs else ""))
-        did = True
-    if not did:
+    actions = [(args.import_csv, _import_csv), (args.add_sent_tokenized, _add_sent_tokenized),
+               (args.export_model, _export_model), (args.list_models or args.verify_models, _list_models),
+               (args.add_bert, _add_bert), (args.nfold_test_regression or args.nfold_test_classifiers, _predict),
+               (args.show_feature_tables, _show_feature_tables)]
+    todo = [action for given, action in actions if given]
+    if not todo:
         raise BertfeatError("nothing to do: give an action such as --import_csv, --add_sent_tokenized,"
                             " --show_feature_tables (see bertfeat --help)")
+    for action in todo:
+        action(args, progress)
+
+
+def _import_csv(args, progress):
+    from . import api
+    _need(args, "corpdb", "corptable")
+    s = api.import_csv(args.corpdb, args.corptable, args.import_csv,
+                       **_keywords(api.import_csv, args, progress=progress))
+    print(f"import_csv: {s['rows']} rows, {len(s['columns'])} columns -> table {s['table']}")
+
+
+def _add_sent_tokenized(args, progress):
+    from . import api
+    _need(args, "corpdb", "corptable")
+    s = api.add_sent_tokenized(args.corpdb, args.corptable,
+                               **_keywords(api.add_sent_tokenized, args, progress=progress))
+    print(f"add_sent_tokenized: read {s['read']} messages, wrote {s['written']} rows,"
+          f" skipped {_skipped(s['skipped'])} -> table {s['table']}"
+          + (f" in {s['seconds']} s" if "seconds" in s else " (already there)"))
+
+
+def _export_model(args, progress):
+    from . import api
+    entry = api.export_model(args.export_model, precision=args.precision, model_dir=args.model_dir,
+                             bert_layers=args.bert_layers)
+    print(f"export_model: {args.export_model} -> {entry}")
+
+
+def _list_models(args, progress):
+    from . import api
+    bad = 0
+    for name, entry, manifest, size, intact in api.list_models(args.model_dir, verify=args.verify_models):
+        bad += not intact
+        info = _entry_info(manifest) if manifest else "no manifest"
+        print(f"{name}  {size / 1e6:.1f} MB  {info}  {'ok' if intact else 'CORRUPTED'}  {entry}")
+    if bad and args.verify_models:
+        raise BertfeatError(f"{bad} corrupted cache entr{'y' if bad == 1 else 'ies'}: delete"
+                            " them (the next run that needs one exports it again)")
+
+
+def _entry_info(manifest):
+    """Depth, precision and agreement with its reference (PyTorch for fp32, fp32 otherwise)."""
+    from .models import usable_layers
+    per_layer = manifest.get("fp32_layer_cosine")
+    if manifest["precision"] == "fp32":
+        agreement = f"max error {manifest['validation_max_error']:.1e}"
+    else:
+        cosines = (" ".join(f"L{k} {c:.4f}" for k, c in enumerate(per_layer)) if per_layer
+                   else f"{manifest.get('fp32_min_window_cosine', float('nan')):.4f}")
+        usable = " ".join(map(str, usable_layers(manifest))) or "none"
+        agreement = f"min cosine to fp32 {cosines} (usable layers: {usable})"
+    return f"depth {manifest['depth']}/{manifest['layers']} {manifest['precision']} {agreement}"
+
+
+def _add_bert(args, progress):
+    from . import api
+    _need(args, "corpdb", "corptable", "correl_field")
+    if args.emb_batch_size is not None:
+        from .progress import notice
+        notice(f"--batch_size {args.emb_batch_size} is accepted for DLATK and not used: bertfeat packs windows"
+               " into batches of --batch_tokens padded tokens (default 2048), sorted by length")
+    s = api.add_bert(args.corpdb, args.corptable, **_keywords(api.add_bert, args, progress=progress))
+    print(f"add_bert: {s['groups']} groups from {s['messages']} messages ({s['embedded']} distinct texts embedded,"
+          f" {s['reused']} messages reusing the vector of an identical text),"
+          f" skipped {_skipped(s['skipped'])};"
+          f" {s['windows']} windows, {s['tokens']} tokens in {s['seconds']} s -> table {s['table']}"
+          + (f" and {s['message_table']}" if s["message_table"] else ""))
+
+
+def _predict(args, progress):
+    from .predict import nfold_test
+    _need(args, "corpdb", "feat_table", "outcome_table", "outcomes")
+    classify = bool(args.nfold_test_classifiers)
+    nfold_test(args.corpdb, args.feat_table, args.outcome_table, args.outcomes,
+               correl_field=(args.correl_field or ["user_id"])[0],
+               model=args.model or ("lr" if classify else "ridgecv"), folds=args.folds,
+               group_freq_thresh=args.group_freq_thresh, table=args.corptable,
+               message_field=args.message_field, output_name=args.output_name,
+               save_predictions=args.save_predictions, seed=args.seed, alpha=args.alpha,
+               classify=classify, **_conn(args))
+
+
+def _show_feature_tables(args, progress):
+    from . import api
+    _need(args, "corpdb")
+    runs = api.feature_table_runs(args.corpdb, **_conn(args))
+    for name, kind in api.show_feature_tables(args.corpdb, **_conn(args)):
+        print(f"{kind:10s} {name}" + (f"  {runs[name]}" if name in runs else ""))
 
 
 def main(argv=None):

@@ -85,6 +85,17 @@ class BertSettings:
     def table_name(self, table, correl, per_message=False):
         return table_name(self.feature_name(per_message), table, correl)
 
+    def stage_key(self, manifest, id_type):
+        """What a staged message vector depends on: the model export (its fingerprint and the
+        graph's content hash, so vectors from any other file, a corrupted one included, are
+        never reused), the message-id type, and every setting up to the message vector (the
+        message aggregation is applied later, from the stage)."""
+        return {"model": self.model, "fingerprint": manifest["fingerprint"],
+                "model_sha256": manifest["files"]["model.onnx"], "id_type": id_type,
+                "precision": self.precision, "layers": self.layers,
+                "layer_aggregation": self.layer_aggregation, "word_aggregation": self.word_aggregation,
+                "no_context": self.no_context}
+
 
 def table_name(featname, table, correl, max_len=MAX_NAME):
     """`feat$<featname>$<table>$<correl>$16to16`, shortened deterministically past `max_len`."""

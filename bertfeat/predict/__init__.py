@@ -125,8 +125,6 @@ def nfold_test(db, feat_tables, outcome_table, outcomes, correl_field="user_id",
                output_name=None, save_predictions=False, seed=DEFAULT_SEED, alpha=1.0,
                classify=False, quiet=False, **conn):
     """Cross-validated prediction of each outcome from the feature tables; returns DLATK's dict."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-    from sklearn.preprocessing import StandardScaler
     feat_tables = [feat_tables] if isinstance(feat_tables, str) else list(feat_tables)
     outcomes = [outcomes] if isinstance(outcomes, str) else list(outcomes)
     if not feat_tables or not outcome_table or not outcomes:
@@ -146,82 +144,96 @@ def nfold_test(db, feat_tables, outcome_table, outcomes, correl_field="user_id",
             if not table:
                 raise BertfeatError("--group_freq_thresh needs the message table (-t)")
             words = group_word_counts(engine, table, correl_field, message_field)
-            keep = {g for g, n in words.items() if n >= group_freq_thresh}
-    key = {str(g): i for i, g in enumerate(groups)}
+            keep = {str(g) for g, n in words.items() if n >= group_freq_thresh}
     ys = {str(g): v for g, v in ys.items()}
     results, predictions = {}, []
     for k, outcome in enumerate(outcomes):
-        # groups in feature-table order (sorted by group id as text): folds do not depend on row order
-        rows = sorted((key[g], v[k]) for g, v in ys.items() if g in key and v[k] is not None)
-        dropped = {"no outcome": len(groups) - len(rows), "outcome without features": len(
-            [g for g, v in ys.items() if g not in key and v[k] is not None])}
-        if keep is not None:
-            kept = {str(g) for g in keep}
-            before = len(rows)
-            rows = [(i, v) for i, v in rows if str(groups[i]) in kept]
-            dropped[f"under {group_freq_thresh} words"] = before - len(rows)
-        if not rows:
-            raise BertfeatError(f"no group has both features and a value of {outcome!r}: check that -c"
-                                f" ({correl_field}) matches the feature tables' group_id")
-        if len(rows) < folds:
-            raise BertfeatError(f"{len(rows)} groups for {outcome!r} are too few for {folds} folds")
-        idx = np.array([i for i, _ in rows])
-        try:
-            y = np.array([v for _, v in rows], dtype=float if not classify else object)
-        except (TypeError, ValueError):
-            raise BertfeatError(f"outcome {outcome!r} is not numeric: use --nfold_test_classifiers"
-                                " for categories") from None
-        if not quiet:
-            notice(f"{outcome}: {len(rows)} groups; dropped " +
-                   ", ".join(f"{n} {why}" for why, n in dropped.items() if n) if any(dropped.values())
-                   else f"{outcome}: {len(rows)} groups")
+        idx, y = _outcome_rows(groups, ys, k, outcome, keep, group_freq_thresh, folds, classify, correl_field,
+                               quiet)
         xs = x[idx]
         if classify:
             y = np.array([str(v) for v in y])
-            smallest = min(np.unique(y, return_counts=True)[1])
-            # each training fold holds about (folds - 1) / folds of the smallest class
-            inner = int(min(5, smallest * (folds - 1) // folds))
-            if smallest < folds or inner < 2:
-                raise BertfeatError(
-                    f"outcome {outcome!r}: its smallest class has {smallest} groups, too few for"
-                    f" {folds} folds with an inner CV for lr (each class needs at least"
-                    f" {max(folds, math.ceil(2 * folds / (folds - 1)))} groups): use fewer --folds or more groups")
-            splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        else:
-            splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
-        pred = np.empty(len(y), dtype=object if classify else float)
-        proba = None
-        train_means = np.empty(len(y))
-        fold_ids = np.empty(len(y), int)
-        desc = None
-        for f, (tr, te) in enumerate(splitter.split(xs, y)):
-            scaler = StandardScaler().fit(xs[tr])
-            est = _model(model, alpha, inner if classify else 5).fit(scaler.transform(xs[tr]), y[tr])
-            pred[te] = est.predict(scaler.transform(xs[te]))
-            if classify:
-                p = est.predict_proba(scaler.transform(xs[te]))
-                if proba is None:
-                    proba = np.zeros((len(y), len(est.classes_)))
-                    classes = list(est.classes_)
-                proba[np.ix_(te, [classes.index(c) for c in est.classes_])] = p
-            else:
-                train_means[te] = y[tr].mean()
-            fold_ids[te] = f
-            desc = repr(est)
-            train_size, test_size = len(tr), len(te)
+        fit = _cross_validate(xs, y, model, alpha, folds, seed, classify, outcome)
         if classify:
-            metrics = classification_metrics(y, pred, proba, classes, fold_ids)
+            metrics = classification_metrics(y, fit["pred"], fit["proba"], fit["classes"], fit["fold_ids"])
         else:
-            metrics = regression_metrics(y, pred, fold_ids, train_means)
-        metrics.update({"num_features": int(x.shape[1]), "train_size": train_size, "test_size": test_size,
-                        "{model_desc}": desc, "{modelFS_desc}": "None"})
+            metrics = regression_metrics(y, fit["pred"], fit["fold_ids"], fit["train_means"])
+        metrics.update({"num_features": int(x.shape[1]), "train_size": fit["train_size"],
+                        "test_size": fit["test_size"], "{model_desc}": fit["desc"], "{modelFS_desc}": "None"})
         results[outcome] = {(): {1: dict(sorted(metrics.items()))}}
-        predictions += [(groups[i], outcome, y[j], pred[j]) for j, i in enumerate(idx)]
+        predictions += [(groups[i], outcome, y[j], fit["pred"][j]) for j, i in enumerate(idx)]
     if not quiet:
         pprint.pprint(results)
     if output_name:
         write_outputs(output_name, results, predictions if save_predictions else None)
     return results
+
+
+def _outcome_rows(groups, ys, k, outcome, keep, group_freq_thresh, folds, classify, correl_field, quiet):
+    """(row indices into the feature matrix, outcome values) of the groups that have both, in
+    feature-table order (sorted by group id as text), so folds do not depend on row order."""
+    key = {str(g): i for i, g in enumerate(groups)}
+    rows = sorted((key[g], v[k]) for g, v in ys.items() if g in key and v[k] is not None)
+    dropped = {"no outcome": len(groups) - len(rows), "outcome without features": len(
+        [g for g, v in ys.items() if g not in key and v[k] is not None])}
+    if keep is not None:
+        before = len(rows)
+        rows = [(i, v) for i, v in rows if str(groups[i]) in keep]
+        dropped[f"under {group_freq_thresh} words"] = before - len(rows)
+    if not rows:
+        raise BertfeatError(f"no group has both features and a value of {outcome!r}: check that -c"
+                            f" ({correl_field}) matches the feature tables' group_id")
+    if len(rows) < folds:
+        raise BertfeatError(f"{len(rows)} groups for {outcome!r} are too few for {folds} folds")
+    try:
+        y = np.array([v for _, v in rows], dtype=float if not classify else object)
+    except (TypeError, ValueError):
+        raise BertfeatError(f"outcome {outcome!r} is not numeric: use --nfold_test_classifiers"
+                            " for categories") from None
+    if not quiet:
+        notice(f"{outcome}: {len(rows)} groups; dropped " +
+               ", ".join(f"{n} {why}" for why, n in dropped.items() if n) if any(dropped.values())
+               else f"{outcome}: {len(rows)} groups")
+    return np.array([i for i, _ in rows]), y
+
+
+def _splitter(y, folds, seed, classify, outcome):
+    """(the fold splitter, the inner CV's folds for lr)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+    if not classify:
+        return KFold(n_splits=folds, shuffle=True, random_state=seed), 5
+    smallest = min(np.unique(y, return_counts=True)[1])
+    # each training fold holds about (folds - 1) / folds of the smallest class
+    inner = int(min(5, smallest * (folds - 1) // folds))
+    if smallest < folds or inner < 2:
+        raise BertfeatError(
+            f"outcome {outcome!r}: its smallest class has {smallest} groups, too few for"
+            f" {folds} folds with an inner CV for lr (each class needs at least"
+            f" {max(folds, math.ceil(2 * folds / (folds - 1)))} groups): use fewer --folds or more groups")
+    return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed), inner
+
+
+def _cross_validate(xs, y, model, alpha, folds, seed, classify, outcome):
+    """Out-of-fold predictions (and class probabilities), each fold z-scored on its training part."""
+    from sklearn.preprocessing import StandardScaler
+    splitter, inner = _splitter(y, folds, seed, classify, outcome)
+    out = {"pred": np.empty(len(y), dtype=object if classify else float), "proba": None, "classes": None,
+           "train_means": np.empty(len(y)), "fold_ids": np.empty(len(y), int)}
+    for f, (tr, te) in enumerate(splitter.split(xs, y)):
+        scaler = StandardScaler().fit(xs[tr])
+        est = _model(model, alpha, inner).fit(scaler.transform(xs[tr]), y[tr])
+        out["pred"][te] = est.predict(scaler.transform(xs[te]))
+        if classify:
+            p = est.predict_proba(scaler.transform(xs[te]))
+            if out["proba"] is None:
+                out["proba"] = np.zeros((len(y), len(est.classes_)))
+                out["classes"] = list(est.classes_)
+            out["proba"][np.ix_(te, [out["classes"].index(c) for c in est.classes_])] = p
+        else:
+            out["train_means"][te] = y[tr].mean()
+        out["fold_ids"][te] = f
+        out.update(desc=repr(est), train_size=len(tr), test_size=len(te))
+    return out
 
 
 def classification_metrics(y, pred, proba, classes, fold_ids):
