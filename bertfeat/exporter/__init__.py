@@ -212,7 +212,7 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
     if check_precision(precision) != "fp32":
         return (export_int8 if precision == "int8" else export_fp16)(name, depth, root, force)
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError as e:
         raise BertfeatError("exporting a model needs torch: pip install 'bertfeat[export]'"
                             " (or copy an exported models/ folder from another machine)") from e
@@ -224,65 +224,83 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
 
     def build(tmp):
         with _quiet():
-            return _build(tmp)
-
-    def _build(tmp):
-        model, tokenizer, layers, _ = _load(src, depth)
-        import inspect
-        input_names = ["input_ids", "attention_mask"]
-        if "token_type_ids" in inspect.signature(model.forward).parameters:
-            input_names.append("token_type_ids")
-        graph_inputs = input_names + ["layers"]  # the blocks to return, picked inside the graph
-
-        class Stacked(torch.nn.Module):
-            def __init__(self, model):
-                super().__init__()
-                self.model = model
-
-            def forward(self, *inputs):
-                out = self.model(**dict(zip(input_names, inputs[:-1])), output_hidden_states=True)
-                return torch.index_select(torch.stack(out.hidden_states[1:], 0), 0, inputs[-1])
-
-        wrapper = Stacked(model).eval()
-        batch = _validation_batch(tokenizer, input_names, depth)
-        with torch.no_grad():  # reference first: tracing can leave the eager model altered
-            reference = wrapper(*[torch.from_numpy(batch[k]) for k in graph_inputs]).numpy()
-        raw = tmp / "raw.onnx"
-        dummy = tuple(torch.from_numpy(batch[k][:2, :9].copy()) for k in input_names)
-        dummy += (torch.arange(min(2, depth)),)
-        axes = {k: {0: "batch", 1: "tokens"} for k in input_names}
-        axes.update(layers={0: "layers"}, hidden_states={0: "layers", 1: "batch", 2: "tokens"})
-        import warnings
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer notes
-            torch.onnx.export(wrapper, dummy, str(raw), input_names=graph_inputs,
-                              output_names=["hidden_states"], dynamic_axes=axes,
-                              opset_version=OPSET, dynamo=False)
-        chosen, err, optimizations = raw, _validate(raw, batch, reference), []
-        fused = _fuse(raw, tmp / "fused.onnx", model.config)
-        if fused is not None:
-            fused_err = _validate(fused, batch, reference)
-            if fused_err <= TOLERANCE:
-                chosen, err, optimizations = fused, fused_err, ["ort-transformers-fusion"]
-            else:
-                notice(f"fused graph differs by {fused_err:.2e}: keeping the unfused export")
-        if err > TOLERANCE:
-            raise BertfeatError(f"export of {name} failed validation: ONNX differs from PyTorch by"
-                                f" {err:.2e} (> {TOLERANCE}); please report this model")
-        os.replace(chosen, tmp / "model.onnx")
-        for leftover in (raw, tmp / "fused.onnx"):
-            if leftover.exists():
-                leftover.unlink()
-        tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        return {"name": name, "source": os.path.abspath(src), "fingerprint": final.name,
-                "model_type": model.config.model_type, "layers": layers, "depth": depth,
-                "hidden_size": model.config.hidden_size, "max_positions": _max_positions(model.config),
-                "inputs": graph_inputs, "pad_id": int(tokenizer.pad_token_id or 0), "opset": OPSET,
-                "precision": precision, "optimizations": optimizations, "validation_max_error": float(err),
-                "bertfeat_version": __version__, "torch_version": torch.__version__,
-                "transformers_version": _version("transformers"), "onnxruntime_version": _version("onnxruntime")}
-
+            return _build_fp32(name, src, depth, tmp, final.name)
     return _cache_entry(final, force, build)
+
+
+def _build_fp32(name, src, depth, tmp, key):
+    """model.onnx (validated against PyTorch) and tokenizer.json into `tmp`; returns the manifest."""
+    import torch
+    model, tokenizer, layers, _ = _load(src, depth)
+    graph_inputs, batch, reference = _trace(model, tokenizer, depth, tmp / "raw.onnx")
+    chosen, err, optimizations = _best_graph(tmp, batch, reference, model.config, name)
+    os.replace(chosen, tmp / "model.onnx")
+    for leftover in (tmp / "raw.onnx", tmp / "fused.onnx"):
+        if leftover.exists():
+            leftover.unlink()
+    tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+    return {"name": name, "source": os.path.abspath(src), "fingerprint": key,
+            "model_type": model.config.model_type, "layers": layers, "depth": depth,
+            "hidden_size": model.config.hidden_size, "max_positions": _max_positions(model.config),
+            "inputs": graph_inputs, "pad_id": int(tokenizer.pad_token_id or 0), "opset": OPSET,
+            "precision": "fp32", "optimizations": optimizations, "validation_max_error": float(err),
+            "bertfeat_version": __version__, "torch_version": torch.__version__,
+            "transformers_version": _version("transformers"), "onnxruntime_version": _version("onnxruntime")}
+
+
+def _trace(model, tokenizer, depth, raw):
+    """The model as ONNX at `raw`, returning the chosen blocks' hidden states (a `layers` input
+    picks them inside the graph); returns (graph inputs, validation batch, PyTorch's output)."""
+    import inspect
+    import warnings
+
+    import torch
+    input_names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in inspect.signature(model.forward).parameters:
+        input_names.append("token_type_ids")
+    graph_inputs = input_names + ["layers"]
+
+    class Stacked(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs):
+            out = self.model(**dict(zip(input_names, inputs[:-1])), output_hidden_states=True)
+            return torch.index_select(torch.stack(out.hidden_states[1:], 0), 0, inputs[-1])
+
+    wrapper = Stacked(model).eval()
+    batch = _validation_batch(tokenizer, input_names, depth)
+    with torch.no_grad():  # reference first: tracing can leave the eager model altered
+        reference = wrapper(*[torch.from_numpy(batch[k]) for k in graph_inputs]).numpy()
+    dummy = tuple(torch.from_numpy(batch[k][:2, :9].copy()) for k in input_names)
+    dummy += (torch.arange(min(2, depth)),)
+    axes = {k: {0: "batch", 1: "tokens"} for k in input_names}
+    axes.update(layers={0: "layers"}, hidden_states={0: "layers", 1: "batch", 2: "tokens"})
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer notes
+        torch.onnx.export(wrapper, dummy, str(raw), input_names=graph_inputs,
+                          output_names=["hidden_states"], dynamic_axes=axes,
+                          opset_version=OPSET, dynamo=False)
+    return graph_inputs, batch, reference
+
+
+def _best_graph(tmp, batch, reference, config, name):
+    """The fused graph when ONNX Runtime's transformer fusions keep it within TOLERANCE of
+    PyTorch, else the raw one; (path, max error, optimizations applied)."""
+    raw = tmp / "raw.onnx"
+    chosen, err, optimizations = raw, _validate(raw, batch, reference), []
+    fused = _fuse(raw, tmp / "fused.onnx", config)
+    if fused is not None:
+        fused_err = _validate(fused, batch, reference)
+        if fused_err <= TOLERANCE:
+            chosen, err, optimizations = fused, fused_err, ["ort-transformers-fusion"]
+        else:
+            notice(f"fused graph differs by {fused_err:.2e}: keeping the unfused export")
+    if err > TOLERANCE:
+        raise BertfeatError(f"export of {name} failed validation: ONNX differs from PyTorch by"
+                            f" {err:.2e} (> {TOLERANCE}); please report this model")
+    return chosen, err, optimizations
 
 
 SMOOTH_ALPHA = 0.75  # scale migration strength for int8 (bench/int8_layers.py)
@@ -351,6 +369,43 @@ def ffn_output_matmuls(model_path):
     return [n.name for n in graph.node if n.op_type == "MatMul" and reads_gelu(n.input[0])]
 
 
+def _activation_max(src, acts, feeds):
+    """Per channel, max |x| of each named activation over `feeds`, run by the fp32 graph."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+    probe = onnx.load(str(src))
+    known = {o.name for o in probe.graph.output}
+    for name in acts:
+        if name not in known:
+            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    amax = {a: None for a in acts}
+    inputs = {i.name for i in sess.get_inputs()}
+    for feed in feeds:
+        outs = sess.run(acts, {k: v for k, v in feed.items() if k in inputs})
+        for a, x in zip(acts, outs):
+            m = np.abs(x).reshape(-1, x.shape[-1]).max(0)
+            amax[a] = m if amax[a] is None else np.maximum(amax[a], m)
+    return amax
+
+
+def _sort_smoothing_muls(graph):
+    """Keep the graph topologically sorted: each inserted Mul right before its first user."""
+    order, placed = [], set()
+    muls = {n.output[0]: n for n in graph.node if n.name.endswith("_smooth") and n.op_type == "Mul"}
+    for n in list(graph.node):
+        if n.output[0] in muls and n.name.endswith("_smooth"):
+            continue
+        for i in n.input:
+            if i in muls and i not in placed:
+                order.append(muls[i])
+                placed.add(i)
+        order.append(n)
+    del graph.node[:]
+    graph.node.extend(order)
+
+
 def smooth_activations(src, target, feeds, alpha=0.5, skip=(), alphas=None):
     """SmoothQuant-style scale migration, written as `target`: for each MatMul / Attention with a
     weight matrix W (rows = input channels), activation channel j is divided by
@@ -359,7 +414,6 @@ def smooth_activations(src, target, feeds, alpha=0.5, skip=(), alphas=None):
     channels shrink, so one per-tensor int8 scale fits it better. max|x_j| is calibrated on
     `feeds` (a list of input dicts) with the fp32 graph. Nodes named in `skip` are left alone."""
     import onnx
-    import onnxruntime as ort
     from onnx import helper, numpy_helper
     model = onnx.load(str(src))
     graph = model.graph
@@ -377,19 +431,7 @@ def smooth_activations(src, target, feeds, alpha=0.5, skip=(), alphas=None):
         onnx.save(model, str(target))
         return target
     acts = sorted({n.input[0] for n in targets})
-    probe = onnx.load(str(src))
-    known = {o.name for o in probe.graph.output}
-    for name in acts:
-        if name not in known:
-            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    amax = {a: None for a in acts}
-    inputs = {i.name for i in sess.get_inputs()}
-    for feed in feeds:
-        outs = sess.run(acts, {k: v for k, v in feed.items() if k in inputs})
-        for a, x in zip(acts, outs):
-            m = np.abs(x).reshape(-1, x.shape[-1]).max(0)
-            amax[a] = m if amax[a] is None else np.maximum(amax[a], m)
+    amax = _activation_max(src, acts, feeds)
     for a in acts:
         users = [n for n in targets if n.input[0] == a]
         w_max = np.max([np.abs(numpy_helper.to_array(weights[n.input[1]])).max(1) for n in users], axis=0)
@@ -402,19 +444,7 @@ def smooth_activations(src, target, feeds, alpha=0.5, skip=(), alphas=None):
             w = numpy_helper.to_array(weights[n.input[1]]) * scale[:, None]
             weights[n.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32), n.input[1]))
             n.input[0] = f"{a}_smoothed"
-    # keep the graph topologically sorted: each Mul right before its first user
-    order, placed = [], set()
-    muls = {n.output[0]: n for n in graph.node if n.name.endswith("_smooth") and n.op_type == "Mul"}
-    for n in list(graph.node):
-        if n.output[0] in muls and n.name.endswith("_smooth"):
-            continue
-        for i in n.input:
-            if i in muls and i not in placed:
-                order.append(muls[i])
-                placed.add(i)
-        order.append(n)
-    del graph.node[:]
-    graph.node.extend(order)
+    _sort_smoothing_muls(graph)
     onnx.save(model, str(target))
     return target
 

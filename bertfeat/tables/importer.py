@@ -58,6 +58,16 @@ def _csv_error(e, user_path, read_path):
     return f"cannot parse CSV {user_path}: " + "; ".join(keep)
 
 
+_OPTS = ("header = true, delim = ',', quote = '\"', escape = '\"', strict_mode = true,"
+         " allow_quoted_nulls = false")
+
+
+def _read_sql(columns):
+    """DuckDB's reader of the file (a ? parameter) with these (name, type) columns."""
+    cols = ", ".join(f"'{n}': '{t}'" for n, t in columns)  # names checked against [A-Za-z0-9_$]
+    return f"read_csv(?, {_OPTS}, auto_detect = false, columns = {{{cols}}})"
+
+
 def import_csv(engine, table, csv_path, overwrite=False, messageid_field="message_id",
                message_field="message", progress=None):
     """Load `csv_path` into `table`; returns a summary dict (rows, table, replaced bytes).
@@ -75,56 +85,16 @@ def import_csv(engine, table, csv_path, overwrite=False, messageid_field="messag
     reader = duckdb.connect()
     tmp = engine.temp_name(table)
     try:
-        header = _header(clean_path)
-        if not header:
-            raise BertfeatError(f"cannot parse CSV {csv_path}: the file is empty (a header row is needed)")
-        for name in header:
-            check_name(name, f"column name in {csv_path}")
-        if len(set(header)) != len(header):
-            raise BertfeatError(f"CSV {csv_path}: its header names a column twice: {','.join(header)}")
+        header = _checked_header(clean_path, csv_path)
         if n_replaced:
             notice(f"{csv_path}: {n_replaced} invalid UTF-8 sequence(s) replaced with U+FFFD")
-        opts = ("header = true, delim = ',', quote = '\"', escape = '\"', strict_mode = true,"
-                " allow_quoted_nulls = false")
-
-        def read(columns):
-            cols = ", ".join(f"'{n}': '{t}'" for n, t in columns)  # names checked above
-            return f"read_csv(?, {opts}, auto_detect = false, columns = {{{cols}}})"
-        # 1. every row against the header, as text: a row with too many or too few fields is an
-        #    error naming its line (DuckDB's sniffer would otherwise take such a row for the header)
-        try:
-            n_rows = reader.execute(f"SELECT count(*) FROM {read([(n, 'VARCHAR') for n in header])}",
-                                    [clean_path]).fetchone()[0]
-            # 2. column types from DuckDB's sniffer; the message column stays text
-            sniffed = reader.execute(f"DESCRIBE SELECT * FROM read_csv(?, {opts}, auto_detect = true,"
-                                     " sample_size = -1)", [clean_path]).fetchall()
-        except duckdb.Error as e:
-            raise BertfeatError(_csv_error(e, csv_path, clean_path)) from e
-        types = dict((name, typ) for name, typ, *_ in sniffed)
-        if [name for name, *_ in sniffed] != header or n_rows == 0:
-            types = {}
-        columns = [(n, "VARCHAR" if n == message_field else types.get(n, "VARCHAR")) for n in header]
-        src = read(columns)
+        columns, n_rows = _columns(reader, header, clean_path, csv_path, message_field)
+        src = _read_sql(columns)
         if n_rows == 0:
             notice(f"{csv_path} has a header but no rows: table {table!r} will be empty")
-        has_id = messageid_field in header
-        if has_id:
-            dup, nulls = reader.execute(
-                f"SELECT count({engine.quote(messageid_field)}) - count(DISTINCT {engine.quote(messageid_field)}),"
-                f" count(*) - count({engine.quote(messageid_field)}) FROM {src}", [clean_path]).fetchone()
-            if dup or nulls:
-                why = ", ".join(x for x in (f"{dup} repeated value(s)" if dup else "",
-                                             f"{nulls} empty value(s)" if nulls else "") if x)
-                notice(f"{messageid_field} has {why}: not made the primary key")
-                has_id = False
-        col_defs = []
-        for name, typ in columns:
-            longest = None
-            if typ == "VARCHAR":
-                longest = reader.execute(f"SELECT max(length({engine.quote(name)})) FROM {src}",
-                                         [clean_path]).fetchone()[0] or 0
-            col_defs.append((name, engine.csv_column_type(typ, longest),
-                             has_id and name == messageid_field))
+        key = messageid_field if _unique_ids(engine, reader, src, clean_path, header, messageid_field) else None
+        col_defs = [(name, engine.csv_column_type(typ, _longest(engine, reader, src, clean_path, name, typ)),
+                     name == key) for name, typ in columns]
         engine.drop_table(tmp)
         engine.create_table(tmp, col_defs)
         names = [name for name, _ in columns]
@@ -147,3 +117,54 @@ def import_csv(engine, table, csv_path, overwrite=False, messageid_field="messag
         if clean_path != csv_path:
             os.unlink(clean_path)
     return {"table": table, "rows": n_rows, "columns": names, "replaced_utf8": n_replaced}
+
+
+def _checked_header(path, user_path):
+    """The header's column names: present, valid names, none twice."""
+    header = _header(path)
+    if not header:
+        raise BertfeatError(f"cannot parse CSV {user_path}: the file is empty (a header row is needed)")
+    for name in header:
+        check_name(name, f"column name in {user_path}")
+    if len(set(header)) != len(header):
+        raise BertfeatError(f"CSV {user_path}: its header names a column twice: {','.join(header)}")
+    return header
+
+
+def _columns(reader, header, path, user_path, message_field):
+    """([(name, DuckDB type)], row count). 1. every row against the header, as text: a row with
+    too many or too few fields is an error naming its line (DuckDB's sniffer would otherwise take
+    such a row for the header); 2. column types from DuckDB's sniffer; the message column stays text."""
+    try:
+        n_rows = reader.execute(f"SELECT count(*) FROM {_read_sql([(n, 'VARCHAR') for n in header])}",
+                                [path]).fetchone()[0]
+        sniffed = reader.execute(f"DESCRIBE SELECT * FROM read_csv(?, {_OPTS}, auto_detect = true,"
+                                 " sample_size = -1)", [path]).fetchall()
+    except duckdb.Error as e:
+        raise BertfeatError(_csv_error(e, user_path, path)) from e
+    types = dict((name, typ) for name, typ, *_ in sniffed)
+    if [name for name, *_ in sniffed] != header or n_rows == 0:
+        types = {}
+    return [(n, "VARCHAR" if n == message_field else types.get(n, "VARCHAR")) for n in header], n_rows
+
+
+def _unique_ids(engine, reader, src, path, header, messageid_field):
+    """Whether the id column is there, unique and never empty (then it becomes the primary key)."""
+    if messageid_field not in header:
+        return False
+    q = engine.quote(messageid_field)
+    dup, nulls = reader.execute(f"SELECT count({q}) - count(DISTINCT {q}), count(*) - count({q}) FROM {src}",
+                                [path]).fetchone()
+    if dup or nulls:
+        why = ", ".join(x for x in (f"{dup} repeated value(s)" if dup else "",
+                                     f"{nulls} empty value(s)" if nulls else "") if x)
+        notice(f"{messageid_field} has {why}: not made the primary key")
+        return False
+    return True
+
+
+def _longest(engine, reader, src, path, name, typ):
+    """The longest text of a VARCHAR column (engines choose VARCHAR(255) or LONGTEXT by it)."""
+    if typ != "VARCHAR":
+        return None
+    return reader.execute(f"SELECT max(length({engine.quote(name)})) FROM {src}", [path]).fetchone()[0] or 0
