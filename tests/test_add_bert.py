@@ -290,3 +290,31 @@ def test_dlatk_table_name_class_and_batch_size(corpus, model_cache, tmp_path):
                         "--bert_model", MODEL, "--model_dir", model_cache, "--db_dir", conn["db_dir"],
                         "--emb_class", "roberta"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--bert_class roberta does not match" in r.stderr, r.stderr
+
+
+def test_text_group_and_message_ids_on_both_engines(corpus_csv, corpus, model_cache, tmp_path, mysql_db):
+    """VARCHAR user and message ids: the same features as the integer-id table, group_id is text
+    (its source's type) in the group and message-level tables, on DuckDB and MariaDB."""
+    conn, _ = corpus
+    expected = sorted((f"u{g}", f, v) for g, f, v in features("c", run("c", conn, model_cache, tmp_path)["table"],
+                                                                  conn))
+    with open(corpus_csv, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    text_csv = tmp_path / "text_ids.csv"
+    with open(text_csv, "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "message_id": f"m{r['message_id']}", "user_id": f"u{r['user_id']}"} for r in rows)
+    my_name, my = mysql_db
+    for db, c, stage in (("t", {"db_engine": "duckdb", "db_dir": str(tmp_path)}, tmp_path / "sd"),
+                         (my_name, my, tmp_path / "sm")):
+        bertfeat.import_csv(db, "msgs", str(text_csv), progress=False, **c)
+        s = run(db, c, model_cache, stage, bert_keep_msg=True)
+        got = sorted(features(db, s["table"], c))
+        assert [(g, f) for g, f, _ in got] == [(g, f) for g, f, _ in expected], c["db_engine"]
+        assert max(abs(a[2] - b[2]) for a, b in zip(got, expected)) <= 1e-6
+        messages = {g for g, _, _ in features(db, s["message_table"], c)}
+        assert messages == {f"m{r['message_id']}" for r in rows}
+        with connect(db, **c) as engine:
+            types = dict(engine.columns(s["table"]))
+        assert any(t in types["group_id"].lower() for t in ("char", "text")), types

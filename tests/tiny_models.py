@@ -38,15 +38,16 @@ def make_model(family, folder):
     import shutil
 
     import torch
-    from transformers import (AlbertConfig, AlbertModel, BertConfig, BertModel, DistilBertConfig,
-                              DistilBertModel, RobertaConfig, RobertaModel, XLMRobertaConfig,
-                              XLMRobertaModel)
+    from transformers import (AlbertConfig, AlbertModel, BertConfig, BertModel, CamembertConfig,
+                              CamembertModel, DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel,
+                              RobertaConfig, RobertaModel, XLMRobertaConfig, XLMRobertaModel)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    if family in ("roberta", "xlm-roberta"):
-        vocab = _bpe_tokenizer(folder)
-        cls_, cfg = (RobertaModel, RobertaConfig) if family == "roberta" else (XLMRobertaModel, XLMRobertaConfig)
+    if family in ("roberta", "xlm-roberta", "camembert"):
+        vocab = _bpe_tokenizer(folder)  # CamemBERT's own is SentencePiece; its pair template is RoBERTa's
+        cls_, cfg = {"roberta": (RobertaModel, RobertaConfig), "xlm-roberta": (XLMRobertaModel, XLMRobertaConfig),
+                     "camembert": (CamembertModel, CamembertConfig)}[family]
         config = cfg(vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
                      eos_token_id=2, type_vocab_size=1)
@@ -64,6 +65,10 @@ def make_model(family, folder):
             cls_, config = AlbertModel, AlbertConfig(embedding_size=16, hidden_size=32, num_hidden_layers=3,
                                                      num_attention_heads=4, intermediate_size=64,
                                                      max_position_embeddings=128, vocab_size=30522)
+        elif family == "electra":
+            cls_, config = ElectraModel, ElectraConfig(embedding_size=16, hidden_size=32, num_hidden_layers=3,
+                                                       num_attention_heads=4, intermediate_size=64,
+                                                       max_position_embeddings=128, vocab_size=30522)
         else:
             raise ValueError(family)
     model = cls_(config).eval()
