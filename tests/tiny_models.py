@@ -39,18 +39,25 @@ def make_model(family, folder):
 
     import torch
     from transformers import (AlbertConfig, AlbertModel, BertConfig, BertModel, CamembertConfig,
-                              CamembertModel, DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel,
-                              RobertaConfig, RobertaModel, XLMRobertaConfig, XLMRobertaModel)
+                              CamembertModel, DebertaV2Config, DebertaV2Model, DistilBertConfig, DistilBertModel,
+                              ElectraConfig, ElectraModel, MPNetConfig, MPNetModel, ModernBertConfig,
+                              ModernBertModel, RobertaConfig, RobertaModel, XLMRobertaConfig, XLMRobertaModel)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    if family in ("roberta", "xlm-roberta", "camembert"):
-        vocab = _bpe_tokenizer(folder)  # CamemBERT's own is SentencePiece; its pair template is RoBERTa's
+    if family in ("roberta", "xlm-roberta", "camembert", "mpnet"):
+        vocab = _bpe_tokenizer(folder)  # CamemBERT's and MPNet's own differ; their pair template is RoBERTa's
         cls_, cfg = {"roberta": (RobertaModel, RobertaConfig), "xlm-roberta": (XLMRobertaModel, XLMRobertaConfig),
-                     "camembert": (CamembertModel, CamembertConfig)}[family]
+                     "camembert": (CamembertModel, CamembertConfig), "mpnet": (MPNetModel, MPNetConfig)}[family]
         config = cfg(vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
-                     eos_token_id=2, type_vocab_size=1)
+                     eos_token_id=2, **({} if family == "mpnet" else {"type_vocab_size": 1}))
+    elif family == "modernbert":
+        vocab = _bpe_tokenizer(folder)
+        cls_, config = ModernBertModel, ModernBertConfig(
+            vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=128, pad_token_id=1, bos_token_id=0, eos_token_id=2, cls_token_id=0,
+            sep_token_id=2, global_attn_every_n_layers=2, local_attention=16)
     else:
         src = bert_tokenizer_dir()
         for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
@@ -65,6 +72,11 @@ def make_model(family, folder):
             cls_, config = AlbertModel, AlbertConfig(embedding_size=16, hidden_size=32, num_hidden_layers=3,
                                                      num_attention_heads=4, intermediate_size=64,
                                                      max_position_embeddings=128, vocab_size=30522)
+        elif family == "deberta-v2":
+            cls_, config = DebertaV2Model, DebertaV2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                                           intermediate_size=64, max_position_embeddings=128,
+                                                           vocab_size=30522, relative_attention=True,
+                                                           pos_att_type=["p2c", "c2p"], type_vocab_size=2)
         elif family == "electra":
             cls_, config = ElectraModel, ElectraConfig(embedding_size=16, hidden_size=32, num_hidden_layers=3,
                                                        num_attention_heads=4, intermediate_size=64,

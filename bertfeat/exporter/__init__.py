@@ -154,7 +154,7 @@ def _load(src, depth):
 def _max_positions(config):
     """Usable positions: RoBERTa-style models reserve pad_token_id + 1 of theirs."""
     max_pos = config.max_position_embeddings
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+    if config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet"):
         max_pos -= (config.pad_token_id or 0) + 1
     return int(max_pos)
 
@@ -336,7 +336,7 @@ def export_int8(name, depth=None, root=None, force=False):
         level = root_logger.level
         root_logger.setLevel(logging.ERROR)  # quantize_dynamic's advice goes to the root logger
         try:
-            quantize_dynamic(str(smoothed), str(target), per_channel=True, reduce_range=False,
+            quantize_dynamic(str(smoothed), str(target), per_channel=True, reduce_range=True,
                              weight_type=QuantType.QInt8, nodes_to_exclude=keep,
                              extra_options={"DefaultTensorType": 1})  # 1 = FLOAT, for fused ops
         finally:
@@ -345,7 +345,7 @@ def export_int8(name, depth=None, root=None, force=False):
         for leftover in target.parent.glob("*-inferred.onnx"):
             leftover.unlink()
     return _derive(name, "int8", depth, root, force, convert,
-                   f"dynamic-int8-per-channel-weights-smoothquant{SMOOTH_ALPHA}-ffn-output-fp32",
+                   f"dynamic-int8-per-channel-7bit-weights-smoothquant{SMOOTH_ALPHA}-ffn-output-fp32",
                    per_window=True)
 
 
