@@ -24,16 +24,17 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
              bert_no_context=False, bert_keep_msg=False, message_field="message",
              messageid_field="message_id", device="cpu", precision="fp32", batch_tokens=None,
              threads=None, model_dir=None, stage_dir=None, progress=None, chunk_messages=256,
-             bert_table_name=None, bert_class=None, **conn):
+             bert_table_name=None, bert_class=None, dlatk_compat=False, **conn):
     """Write the SPEC §3 feature table for `table` grouped by `correl_field`; returns a summary.
 
     Keywords are the flags' names (`bert_layers` is --bert_layers); `conn` takes the connection
     keywords (bertfeat.api.CONNECTION_KEYS). `bert_table_name` (DLATK's --emb_table_name) names
     the feature table instead of SPEC §3's name; `bert_class` (--emb_class) is checked against
-    the model's type ('auto' or None: no check)."""
+    the model's type ('auto' or None: no check). `dlatk_compat` reproduces DLATK 1.3.15's numbers
+    (its token positions; a table name ending `_dlatk`) instead of SPEC §3's."""
     started = time.perf_counter()
     settings = BertSettings.from_flags(bert_model, bert_layers, bert_layer_aggregation, bert_word_aggregation,
-                                       bert_msg_aggregation, bert_no_context, precision)
+                                       bert_msg_aggregation, bert_no_context, precision, dlatk_compat)
     _check_counts({"--batch_tokens": batch_tokens, "--threads": threads, "--chunk_messages": chunk_messages})
     check_connection_keywords(conn, add_bert)
     device = _device(device, settings.precision)
@@ -61,7 +62,8 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
         def make_embedder():
             from .embedder import MessageEmbedder
             return MessageEmbedder(entry, settings.layers, settings.layer_aggregation, settings.word_aggregation,
-                                   settings.no_context, device=device, threads=threads, batch_tokens=batch_tokens)
+                                   settings.no_context, device=device, threads=threads, batch_tokens=batch_tokens,
+                                   dlatk_compat=settings.dlatk_compat)
         counts, embedder = _stage_messages(engine, stage, source, fields, source != table, make_embedder,
                                            chunk_messages, progress)
         written = _write_feature_table(engine, stage, feat_table, stage.group_features_sql,

@@ -74,6 +74,8 @@ def build_parser():
                       help="DLATK's model class (auto, bert, roberta, ...): checked against the model's config")
     bert.add_argument("--batch_size", dest="emb_batch_size", type=int, default=None,
                       help="accepted for DLATK; bertfeat batches by tokens (--batch_tokens)")
+    bert.add_argument("--dlatk_compat", action="store_true",
+                      help="reproduce DLATK 1.3.15's numbers (its token positions); table name ends _dlatk")
     bert.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
     bert.add_argument("--precision", default="fp32", help="fp32 (default), int8 (CPU) or fp16 (CUDA)")
     bert.add_argument("--batch_tokens", type=int, default=None, help="padded tokens per inference batch")

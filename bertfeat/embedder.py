@@ -19,7 +19,7 @@ class MessageEmbedder:
     token vectors -> layer and word reductions -> the mean over the message's sentences."""
 
     def __init__(self, entry, layers, layer_aggregation=("concatenate",), word_aggregation=("mean",),
-                 no_context=False, device="cpu", threads=None, batch_tokens=None):
+                 no_context=False, device="cpu", threads=None, batch_tokens=None, dlatk_compat=False):
         self.encoder = Encoder(entry, device=device, threads=threads, batch_tokens=batch_tokens)
         self.tokenizer = windows.load_tokenizer(entry / "tokenizer.json")
         self.template = windows.learn_template(self.tokenizer)
@@ -28,6 +28,7 @@ class MessageEmbedder:
         self.layer_aggregation = list(layer_aggregation)
         self.word_aggregation = list(word_aggregation)
         self.no_context = no_context
+        self.dlatk_compat = dlatk_compat  # DLATK 1.3.15's windows and token positions (windows.dlatk_plan)
         self.piece_vectors = {}  # --bert_no_context: word piece id -> [layers, H], computed once
 
     def __call__(self, messages):
@@ -58,7 +59,7 @@ class MessageEmbedder:
 
     def _in_context(self, per_message):
         """Token vectors [n, layers, H] of each sentence, in order, from the SPEC §3 windows."""
-        plan = windows.plan(self.template, per_message)
+        plan = (windows.dlatk_plan if self.dlatk_compat else windows.plan)(self.template, per_message)
         outputs = self.encoder.run(plan.windows, self.layers) if plan.windows else []
         return [np.transpose(windows.sentence_tokens(outputs, where, len(s)), (1, 0, 2))
                 for sents, spans in zip(per_message, plan.spans) for s, where in zip(sents, spans)]

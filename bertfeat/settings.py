@@ -28,6 +28,7 @@ class BertSettings:
     msg_aggregation: tuple = ("mean",)
     no_context: bool = False
     precision: str = "fp32"
+    dlatk_compat: bool = False  # DLATK 1.3.15's token positions (text/windows.dlatk_plan), not SPEC §3's
 
     def __post_init__(self):
         if not self.model or not isinstance(self.model, str):
@@ -45,15 +46,19 @@ class BertSettings:
             set_("layers", tuple(_integer(k) for k in self.layers))
         check_precision(self.precision)
         set_("no_context", bool(self.no_context))
+        set_("dlatk_compat", bool(self.dlatk_compat))
+        if self.dlatk_compat and self.no_context:
+            raise BertfeatError(f"{param('--dlatk_compat')} reproduces DLATK's context mode only: leave out"
+                                f" {param('--bert_no_context')} or {param('--dlatk_compat')}")
 
     @classmethod
     def from_flags(cls, bert_model=DEFAULT_MODEL, bert_layers=None, bert_layer_aggregation=None,
                    bert_word_aggregation=None, bert_msg_aggregation=None, bert_no_context=False,
-                   precision="fp32"):
+                   precision="fp32", dlatk_compat=False):
         """From the flag-named keywords of the CLI and the API (None = the default)."""
         return cls(bert_model, bert_layers, bert_layer_aggregation or ("concatenate",),
                    bert_word_aggregation or ("mean",), bert_msg_aggregation or ("mean",),
-                   bert_no_context, precision)
+                   bert_no_context, precision, dlatk_compat)
 
     def for_model(self, n_layers):
         """The same settings with the layers resolved for a model of `n_layers` blocks: SPEC §3,
@@ -80,6 +85,8 @@ class BertSettings:
             name += "w" + "".join(ABBR[a] for a in self.word_aggregation)
         if self.precision != "fp32":
             name += f"_{self.precision}"
+        if self.dlatk_compat:
+            name += "_dlatk"
         return name
 
     def table_name(self, table, correl, per_message=False):
@@ -94,7 +101,7 @@ class BertSettings:
                 "model_sha256": manifest["files"]["model.onnx"], "id_type": id_type,
                 "precision": self.precision, "layers": self.layers,
                 "layer_aggregation": self.layer_aggregation, "word_aggregation": self.word_aggregation,
-                "no_context": self.no_context}
+                "no_context": self.no_context, **({"dlatk_compat": True} if self.dlatk_compat else {})}
 
 
 def table_name(featname, table, correl, max_len=MAX_NAME):
