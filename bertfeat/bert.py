@@ -9,12 +9,13 @@ import hashlib
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
 from .aggregate.groups import Stage, open_stage
 from .errors import BertfeatError, param
-from .models import layer_count, locate
+from .models import file_sha256, layer_count, locate
 from .progress import Progress, notice
 from .settings import DEFAULT_MODEL, BertSettings
 from .tables import check_connection_keywords, check_name, connect
@@ -24,17 +25,19 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
              bert_no_context=False, bert_keep_msg=False, message_field="message",
              messageid_field="message_id", device="cpu", precision="fp32", batch_tokens=None,
              threads=None, model_dir=None, stage_dir=None, progress=None, chunk_messages=256,
-             bert_table_name=None, bert_class=None, dlatk_compat=False, **conn):
+             bert_table_name=None, bert_class=None, dlatk_compat=False, bert_tokenizer_model=None, **conn):
     """Write the SPEC §3 feature table for `table` grouped by `correl_field`; returns a summary.
 
     Keywords are the flags' names (`bert_layers` is --bert_layers); `conn` takes the connection
     keywords (bertfeat.api.CONNECTION_KEYS). `bert_table_name` (DLATK's --emb_table_name) names
     the feature table instead of SPEC §3's name; `bert_class` (--emb_class) is checked against
     the model's type ('auto' or None: no check). `dlatk_compat` reproduces DLATK 1.3.15's numbers
-    (its token positions; a table name ending `_dlatk`) instead of SPEC §3's."""
+    (its token positions; a table name ending `_dlatk`) instead of SPEC §3's. `bert_tokenizer_model`
+    (DLATK's --tokenizer_model) splits words with another model's tokenizer (a name ending `_tok_...`)."""
     started = time.perf_counter()
     settings = BertSettings.from_flags(bert_model, bert_layers, bert_layer_aggregation, bert_word_aggregation,
-                                       bert_msg_aggregation, bert_no_context, precision, dlatk_compat)
+                                       bert_msg_aggregation, bert_no_context, precision, dlatk_compat,
+                                       bert_tokenizer_model)
     _check_counts({"--batch_tokens": batch_tokens, "--threads": threads, "--chunk_messages": chunk_messages})
     check_connection_keywords(conn, add_bert)
     device = _device(device, settings.precision)
@@ -52,18 +55,19 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
         if source == table:
             notice(f"{source}_stoks not found: splitting sentences on the fly (run --add_sent_tokenized to keep them)")
         _check_class(bert_class, manifest)
+        tokenizer = _tokenizer_file(settings.tokenizer, entry)
         feat_table, msg_table = _table_names(engine, settings, table, source, correl_field, messageid_field,
                                              bert_table_name)
         types = dict(engine.columns(source))
         id_type, group_type = _duck_type(types[messageid_field]), _duck_type(types[correl_field])
-        key = settings.stage_key(manifest, id_type)
+        key = settings.stage_key(manifest, id_type, file_sha256(tokenizer) if settings.tokenizer else None)
         stage = Stage(stage_path, key, id_type, group_type, lock_timeout=conn.get("lock_timeout"))
 
         def make_embedder():
             from .embedder import MessageEmbedder
             return MessageEmbedder(entry, settings.layers, settings.layer_aggregation, settings.word_aggregation,
                                    settings.no_context, device=device, threads=threads, batch_tokens=batch_tokens,
-                                   dlatk_compat=settings.dlatk_compat)
+                                   dlatk_compat=settings.dlatk_compat, tokenizer=tokenizer)
         counts, embedder = _stage_messages(engine, stage, source, fields, source != table, make_embedder,
                                            chunk_messages, progress)
         written = _write_feature_table(engine, stage, feat_table, stage.group_features_sql,
@@ -138,6 +142,33 @@ def _check_class(bert_class, manifest):
         raise BertfeatError(f"{param('--bert_class', bert_class)} does not match the model's type"
                             f" {manifest.get('model_type')!r} (its config.json): leave it out or use"
                             f" {param('--bert_class', 'auto')}")
+
+
+def _tokenizer_file(tokenizer_model, entry):
+    """The tokenizer.json windows are made with: the export's own, or --tokenizer_model's (a
+    folder holding tokenizer.json, or a name found as --bert_model finds models), whose vocabulary
+    must fit the model's."""
+    own = entry / "tokenizer.json"
+    if not tokenizer_model:
+        return own
+    folder = tokenizer_model
+    if not os.path.isdir(folder):
+        from . import exporter
+        try:
+            folder = exporter.resolve_source(tokenizer_model)
+        except ImportError:
+            raise BertfeatError(f"{param('--bert_tokenizer_model', tokenizer_model)}: give a local folder with"
+                                " tokenizer.json (finding it by name needs pip install 'bertfeat[export]')") from None
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise BertfeatError(f"{param('--bert_tokenizer_model', tokenizer_model)}: no tokenizer.json in {folder}"
+                            " (save one with transformers: AutoTokenizer.from_pretrained(...).save_pretrained(folder))")
+    from .text.windows import load_tokenizer
+    size, limit = load_tokenizer(path).get_vocab_size(), load_tokenizer(own).get_vocab_size()
+    if size > limit:
+        raise BertfeatError(f"{param('--bert_tokenizer_model', tokenizer_model)} has {size} tokens, more than the"
+                            f" model's vocabulary ({limit}): its ids would not all exist in the model")
+    return Path(path)
 
 
 def _check_own_table(engine, name, protected):

@@ -70,6 +70,8 @@ def build_parser():
                       help="also write the message-level table (grouped by message_id)")
     bert.add_argument(*_aliases("table_name"), dest="bert_table_name", default=None,
                       help="name the feature table (default: DLATK's feat$<featname>$<table>$<correl>$16to16)")
+    bert.add_argument(*_aliases("tokenizer_model"), "--tokenizer_model", dest="bert_tokenizer_model", default=None,
+                      help="split words with this model's tokenizer (folder or id; default: the model's own)")
     bert.add_argument(*_aliases("class"), dest="bert_class", default=None,
                       help="DLATK's model class (auto, bert, roberta, ...): checked against the model's config")
     bert.add_argument("--batch_size", dest="emb_batch_size", type=int, default=None,

@@ -19,9 +19,11 @@ class MessageEmbedder:
     token vectors -> layer and word reductions -> the mean over the message's sentences."""
 
     def __init__(self, entry, layers, layer_aggregation=("concatenate",), word_aggregation=("mean",),
-                 no_context=False, device="cpu", threads=None, batch_tokens=None, dlatk_compat=False):
+                 no_context=False, device="cpu", threads=None, batch_tokens=None, dlatk_compat=False,
+                 tokenizer=None):
         self.encoder = Encoder(entry, device=device, threads=threads, batch_tokens=batch_tokens)
-        self.tokenizer = windows.load_tokenizer(entry / "tokenizer.json")
+        # the export's tokenizer, or another model's (DLATK's --tokenizer_model)
+        self.tokenizer = windows.load_tokenizer(tokenizer or entry / "tokenizer.json")
         self.template = windows.learn_template(self.tokenizer)
         self.limit = windows.piece_limit(self.encoder.max_positions)
         self.layers = list(layers)

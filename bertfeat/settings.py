@@ -29,6 +29,7 @@ class BertSettings:
     no_context: bool = False
     precision: str = "fp32"
     dlatk_compat: bool = False  # DLATK 1.3.15's token positions (text/windows.dlatk_plan), not SPEC §3's
+    tokenizer: str = None  # another model's tokenizer (DLATK's --tokenizer_model); None = the model's own
 
     def __post_init__(self):
         if not self.model or not isinstance(self.model, str):
@@ -47,6 +48,12 @@ class BertSettings:
         check_precision(self.precision)
         set_("no_context", bool(self.no_context))
         set_("dlatk_compat", bool(self.dlatk_compat))
+        if self.tokenizer is not None:
+            if not isinstance(self.tokenizer, str) or not self.tokenizer.strip():
+                raise BertfeatError(f"{param('--bert_tokenizer_model')} needs a local folder or a Hugging Face id")
+            set_("tokenizer", canonical_name(self.tokenizer))
+            if self.tokenizer == self.model:
+                set_("tokenizer", None)
         if self.dlatk_compat and self.no_context:
             raise BertfeatError(f"{param('--dlatk_compat')} reproduces DLATK's context mode only: leave out"
                                 f" {param('--bert_no_context')} or {param('--dlatk_compat')}")
@@ -54,11 +61,11 @@ class BertSettings:
     @classmethod
     def from_flags(cls, bert_model=DEFAULT_MODEL, bert_layers=None, bert_layer_aggregation=None,
                    bert_word_aggregation=None, bert_msg_aggregation=None, bert_no_context=False,
-                   precision="fp32", dlatk_compat=False):
+                   precision="fp32", dlatk_compat=False, bert_tokenizer_model=None):
         """From the flag-named keywords of the CLI and the API (None = the default)."""
         return cls(bert_model, bert_layers, bert_layer_aggregation or ("concatenate",),
                    bert_word_aggregation or ("mean",), bert_msg_aggregation or ("mean",),
-                   bert_no_context, precision, dlatk_compat)
+                   bert_no_context, precision, dlatk_compat, bert_tokenizer_model)
 
     def for_model(self, n_layers):
         """The same settings with the layers resolved for a model of `n_layers` blocks: SPEC §3,
@@ -87,12 +94,14 @@ class BertSettings:
             name += f"_{self.precision}"
         if self.dlatk_compat:
             name += "_dlatk"
+        if self.tokenizer:
+            name += "_tok_" + short_name(self.tokenizer)
         return name
 
     def table_name(self, table, correl, per_message=False):
         return table_name(self.feature_name(per_message), table, correl)
 
-    def stage_key(self, manifest, id_type):
+    def stage_key(self, manifest, id_type, tokenizer_sha256=None):
         """What a staged message vector depends on: the model export (its fingerprint and the
         graph's content hash, so vectors from any other file, a corrupted one included, are
         never reused), the message-id type, and every setting up to the message vector (the
@@ -101,7 +110,8 @@ class BertSettings:
                 "model_sha256": manifest["files"]["model.onnx"], "id_type": id_type,
                 "precision": self.precision, "layers": self.layers,
                 "layer_aggregation": self.layer_aggregation, "word_aggregation": self.word_aggregation,
-                "no_context": self.no_context, **({"dlatk_compat": True} if self.dlatk_compat else {})}
+                "no_context": self.no_context, **({"dlatk_compat": True} if self.dlatk_compat else {}),
+                **({"tokenizer": self.tokenizer, "tokenizer_sha256": tokenizer_sha256} if self.tokenizer else {})}
 
 
 def table_name(featname, table, correl, max_len=MAX_NAME):

