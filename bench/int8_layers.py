@@ -68,9 +68,10 @@ def main():
     ap.add_argument("--windows", type=int, default=600)
     ap.add_argument("--model_dir", default=None)
     ap.add_argument("--variants", nargs="*", default=None, help="names (substring match)")
+    ap.add_argument("--reduce_range", choices=["off", "on", "both"], default="off",
+                    help="7-bit weights (no u8*s8 pair-sum saturation on CPUs without VNNI)")
     args = ap.parse_args()
     import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from bertfeat.exporter import export
     from bertfeat.models import read_manifest
@@ -127,25 +128,36 @@ def main():
                                         agreement_feeds(fp32 / "tokenizer.json", m["inputs"], depth),
                                         alpha=smooth[vname][0], skip=exclude,
                                         alphas={n: 0.95 for n in ffn2} if "ffn2 a=" in vname else None)
-        quantize_dynamic(str(source), str(target), per_channel=True, reduce_range=False,
-                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                         extra_options={"DefaultTensorType": 1})
-        entry = work / vname.replace(" ", "_").replace("=", "")
-        entry.mkdir()
-        os.replace(target, entry / "model.onnx")
-        for f in ("tokenizer.json",):
-            (entry / f).write_bytes((fp32 / f).read_bytes())
-        manifest = {**read_manifest(fp32), "precision": "int8", "per_window": True}
-        (entry / "manifest.json").write_text(json.dumps(manifest))
-        q = Encoder(entry, threads=1)
-        t = time.perf_counter()
-        got = q.run(ws, layers)
-        rate = tokens / (time.perf_counter() - t)
-        got_mean = np.stack([g.mean(1) for g in got])
-        cos = (ref_mean * got_mean).sum(-1) / np.linalg.norm(ref_mean, axis=-1) / np.linalg.norm(got_mean, axis=-1)
-        cells = [f"{cos[:, k].min():.4f} / {np.quantile(cos[:, k], 0.001):.4f}" for k in layers]
-        print(f"| {vname} | {len(exclude)} | " + " | ".join(cells) + f" | {rate:,.0f} | {rate / fp32_rate:.2f}x |",
-              flush=True)
+        for reduce in {"off": [False], "on": [True], "both": [False, True]}[args.reduce_range]:
+            run_variant(vname + (", 7-bit weights" if reduce else ""), source, target, exclude, reduce, fp32,
+                        work, ws, layers, ref_mean, tokens, fp32_rate)
+
+
+def run_variant(vname, source, target, exclude, reduce_range, fp32, work, ws, layers, ref_mean, tokens, fp32_rate):
+    """Quantize `source`, run the windows one per call, print the variant's row."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from bertfeat.models import read_manifest
+    from bertfeat.runtime import Encoder
+    quantize_dynamic(str(source), str(target), per_channel=True, reduce_range=reduce_range,
+                     weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                     extra_options={"DefaultTensorType": 1})
+    entry = work / vname.replace(" ", "_").replace("=", "").replace(",", "")
+    entry.mkdir()
+    os.replace(target, entry / "model.onnx")
+    for f in ("tokenizer.json",):
+        (entry / f).write_bytes((fp32 / f).read_bytes())
+    manifest = {**read_manifest(fp32), "precision": "int8", "per_window": True}
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    q = Encoder(entry, threads=1)
+    t = time.perf_counter()
+    got = q.run(ws, layers)
+    rate = tokens / (time.perf_counter() - t)
+    got_mean = np.stack([g.mean(1) for g in got])
+    cos = (ref_mean * got_mean).sum(-1) / np.linalg.norm(ref_mean, axis=-1) / np.linalg.norm(got_mean, axis=-1)
+    cells = [f"{cos[:, k].min():.4f} / {np.quantile(cos[:, k], 0.001):.4f}" for k in layers]
+    print(f"| {vname} | {len(exclude)} | " + " | ".join(cells) + f" | {rate:,.0f} | {rate / fp32_rate:.2f}x |",
+          flush=True)
 
 
 if __name__ == "__main__":
