@@ -59,6 +59,11 @@ AGREEMENT_TEXT = VALIDATION_TEXT + [
     "Posted by Anna at 11:42 PM | 3 comments | Labels: life, work, cats",
     "Dear diary, today I learned that you should never microwave a fork. Never. Ever.",
 ]
+# Short posts are where int8 agrees least: in a window of a few pieces the special tokens' large
+# activations set the one activation scale, and they weigh most in the token mean (the worst
+# msgs100u windows are 7-13 pieces). These run as pairs and alone, as one-sentence messages do.
+SHORT_TEXT = ["what?!", "Wow.", "ok", "Nope!!", "hmm...", "seriously?", "yay :)", "Thanks!", "no way.",
+              "LOL", "Good night, all.", "ugh."]
 
 
 def available():
@@ -345,7 +350,7 @@ def export_int8(name, depth=None, root=None, force=False):
         for leftover in target.parent.glob("*-inferred.onnx"):
             leftover.unlink()
     return _derive(name, "int8", depth, root, force, convert,
-                   f"dynamic-int8-per-channel-7bit-weights-smoothquant{SMOOTH_ALPHA}-ffn-output-fp32",
+                   f"dynamic-int8-per-channel-7bit-weights-smoothquant{SMOOTH_ALPHA}-ffn-output-fp32-agreement2",
                    per_window=True)
 
 
@@ -457,8 +462,9 @@ def agreement_feeds(tokenizer_path, input_names, depth, max_positions=512):
     tok.no_padding()
     tok.enable_truncation(max_length=max_positions)
     out = []
-    for a, b in zip(AGREEMENT_TEXT, AGREEMENT_TEXT[1:]):
-        enc = tok.encode(a, b)
+    pairs = list(zip(AGREEMENT_TEXT, AGREEMENT_TEXT[1:])) + list(zip(SHORT_TEXT, SHORT_TEXT[1:]))
+    for a, b in pairs + [(t, None) for t in SHORT_TEXT]:
+        enc = tok.encode(a, b) if b is not None else tok.encode(a)
         feeds = {"input_ids": np.array([enc.ids]), "attention_mask": np.ones((1, len(enc.ids)), np.int64),
                  "token_type_ids": np.array([enc.type_ids]), "layers": np.arange(depth)}
         out.append({k: feeds[k] for k in input_names})
