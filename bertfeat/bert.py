@@ -25,7 +25,8 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
              bert_no_context=False, bert_keep_msg=False, message_field="message",
              messageid_field="message_id", device="cpu", precision="fp32", batch_tokens=None,
              threads=None, model_dir=None, stage_dir=None, progress=None, chunk_messages=256,
-             bert_table_name=None, bert_class=None, dlatk_compat=False, bert_tokenizer_model=None, **conn):
+             bert_table_name=None, bert_class=None, dlatk_compat=False, bert_tokenizer_model=None, ray=None,
+             workers=None, **conn):
     """Write the SPEC §3 feature table for `table` grouped by `correl_field`; returns a summary.
 
     Keywords are the flags' names (`bert_layers` is --bert_layers); `conn` takes the connection
@@ -33,13 +34,21 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
     the feature table instead of SPEC §3's name; `bert_class` (--emb_class) is checked against
     the model's type ('auto' or None: no check). `dlatk_compat` reproduces DLATK 1.3.15's numbers
     (its token positions; a table name ending `_dlatk`) instead of SPEC §3's. `bert_tokenizer_model`
-    (DLATK's --tokenizer_model) splits words with another model's tokenizer (a name ending `_tok_...`)."""
+    (DLATK's --tokenizer_model) splits words with another model's tokenizer (a name ending `_tok_...`).
+    `ray` runs inference on Ray actors ('local', 'auto' or host:port; `workers` of them): the same
+    table, stage and resume as a local run (bertfeat/scaleout)."""
     started = time.perf_counter()
     settings = BertSettings.from_flags(bert_model, bert_layers, bert_layer_aggregation, bert_word_aggregation,
                                        bert_msg_aggregation, bert_no_context, precision, dlatk_compat,
                                        bert_tokenizer_model)
-    _check_counts({"--batch_tokens": batch_tokens, "--threads": threads, "--chunk_messages": chunk_messages})
+    _check_counts({"--batch_tokens": batch_tokens, "--threads": threads, "--chunk_messages": chunk_messages,
+                   "--workers": workers})
     check_connection_keywords(conn, add_bert)
+    if ray is not None:
+        from .scaleout.ray_pool import import_ray
+        import_ray()  # not installed: one line now, before any work
+    elif workers is not None:
+        raise BertfeatError(f"{param('--workers')} is the number of Ray workers: it needs {param('--ray', 'local')}")
     device = _device(device, settings.precision)
     correl_field = _one(correl_field)
     check_name(table, "table name")
@@ -63,13 +72,16 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
         key = settings.stage_key(manifest, id_type, file_sha256(tokenizer) if settings.tokenizer else None)
         stage = Stage(stage_path, key, id_type, group_type, lock_timeout=conn.get("lock_timeout"))
 
-        def make_embedder():
-            from .embedder import MessageEmbedder
-            return MessageEmbedder(entry, settings.layers, settings.layer_aggregation, settings.word_aggregation,
-                                   settings.no_context, device=device, threads=threads, batch_tokens=batch_tokens,
-                                   dlatk_compat=settings.dlatk_compat, tokenizer=tokenizer)
-        counts, embedder = _stage_messages(engine, stage, source, fields, source != table, make_embedder,
-                                           chunk_messages, progress)
+        made = []  # the embedder, once one is needed (a Ray pool is closed when the job ends)
+        make_embedder = _embedder_factory(entry, settings, tokenizer, device, threads, batch_tokens, ray, workers,
+                                          made)
+        try:
+            counts, embedder = _stage_messages(engine, stage, source, fields, source != table, make_embedder,
+                                               chunk_messages, progress)
+        finally:
+            for e in made:
+                if hasattr(e, "close"):
+                    e.close()
         written = _write_feature_table(engine, stage, feat_table, stage.group_features_sql,
                                        (list(settings.msg_aggregation),), types[correl_field])
         if bert_keep_msg:
@@ -83,6 +95,24 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
         engine.record_run(feat_table, settings.feature_name(),
                           {**key, "msg_aggregation": settings.msg_aggregation}, summary)
     return summary
+
+
+def _embedder_factory(entry, settings, tokenizer, device, threads, batch_tokens, ray, workers, made):
+    """A function making the message embedder when the first chunk needs inference: the local
+    MessageEmbedder, or with `ray` the same object inside Ray actors (scaleout/ray_pool.py)."""
+    def make():
+        kwargs = dict(layers=settings.layers, layer_aggregation=settings.layer_aggregation,
+                      word_aggregation=settings.word_aggregation, no_context=settings.no_context,
+                      device=device, batch_tokens=batch_tokens, dlatk_compat=settings.dlatk_compat,
+                      tokenizer=tokenizer if settings.tokenizer else None)
+        if ray is not None:
+            from .scaleout.ray_pool import RayEmbedder
+            made.append(RayEmbedder(entry, address=ray, workers=workers, threads=threads, **kwargs))
+        else:
+            from .embedder import MessageEmbedder
+            made.append(MessageEmbedder(entry, threads=threads, **kwargs))
+        return made[-1]
+    return make
 
 
 def _stage_path(db, stage_dir, conn):

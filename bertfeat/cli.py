@@ -78,6 +78,11 @@ def build_parser():
                       help="accepted for DLATK; bertfeat batches by tokens (--batch_tokens)")
     bert.add_argument("--dlatk_compat", action="store_true",
                       help="reproduce DLATK 1.3.15's numbers (its token positions); table name ends _dlatk")
+    bert.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                      help="run inference on Ray actors: no address = a local Ray, 'auto' or host:port = join"
+                           " that cluster (pip install 'bertfeat[ray]')")
+    bert.add_argument("--workers", type=int, default=None,
+                      help="Ray actors (default: the cluster's CPUs / --threads)")
     bert.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
     bert.add_argument("--precision", default="fp32", help="fp32 (default), int8 (CPU) or fp16 (CUDA)")
     bert.add_argument("--batch_tokens", type=int, default=None, help="padded tokens per inference batch")

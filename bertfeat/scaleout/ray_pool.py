@@ -1,0 +1,146 @@
+"""--ray: the local job's `MessageEmbedder`, run inside Ray actors (one ONNX Runtime session each).
+
+The driver keeps everything else of a run as it is locally: reading the table in id order, the
+stage (identical texts embedded once, resume, exactly once), the feature table. Only the texts a
+chunk still needs go to the actors, split evenly; vectors come back in order to the driver's
+stage. The export travels through Ray's object store (its files as bytes, each checked against
+the manifest's sha256 on arrival and kept in the node's temp folder), so a worker node needs
+neither the driver's models/ folder nor torch. Actors that die are restarted by Ray and their
+calls retried.
+"""
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+from ..errors import BertfeatError
+from ..models import read_manifest
+
+INSTALL = "pip install 'bertfeat[ray]'"
+
+
+def import_ray():
+    try:
+        import ray
+        return ray
+    except ImportError:
+        raise BertfeatError(f"--ray needs Ray, which is not installed: {INSTALL}") from None
+
+
+def _start(ray, address):
+    """Join the cluster at `address` ('auto', host:port, or RAY_ADDRESS), or start a local one
+    ('local'); returns whether this process started Ray (and so shuts it down)."""
+    if ray.is_initialized():
+        return False
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        if address in (None, "", "local"):
+            ray.init(address="local", **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BertfeatError(f"--ray {address}: cannot reach a Ray cluster there ({first[:160]});"
+                            " give 'auto', host:port of a running head node, or no address for a local"
+                            " Ray") from None
+    return True
+
+
+class _Worker:
+    """One actor: the export rebuilt on its node, a MessageEmbedder over it. The export comes
+    with the first call (a reference to it in the object store), so an actor Ray restarts
+    rebuilds itself on its next call."""
+
+    def __init__(self, kwargs):
+        self.kwargs, self.embedder, self.entry = kwargs, None, None
+
+    def _load(self, files):
+        from ..embedder import MessageEmbedder
+        manifest_sha = hashlib.sha256(files["manifest.json"]).hexdigest()[:16]
+        entry = Path(tempfile.gettempdir()) / "bertfeat-ray-models" / manifest_sha
+        entry.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            path = entry / name
+            if not path.exists() or path.stat().st_size != len(data):
+                tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+        for name, sha in read_manifest(entry)["files"].items():
+            if hashlib.sha256((entry / name).read_bytes()).hexdigest() != sha:
+                raise BertfeatError(f"the export arrived corrupted on this node ({name}): hash mismatch")
+        kwargs = dict(self.kwargs)
+        if "custom_tokenizer.json" in files:  # another model's tokenizer (--tokenizer_model) travels too
+            kwargs["tokenizer"] = entry / "custom_tokenizer.json"
+        self.entry = str(entry)
+        self.embedder = MessageEmbedder(entry, **kwargs)
+
+    def embed(self, export, messages):
+        if self.embedder is None:
+            import ray
+            self._load(ray.get(export[0]))
+        enc = self.embedder.encoder
+        windows, tokens = enc.windows_run, enc.tokens_run
+        vectors = self.embedder(messages)
+        return vectors, enc.windows_run - windows, enc.tokens_run - tokens
+
+    def where(self, export):
+        import socket
+        if self.embedder is None:
+            import ray
+            self._load(ray.get(export[0]))
+        return socket.gethostname(), os.getpid(), self.entry
+
+
+class RayEmbedder:
+    """Called like MessageEmbedder (messages in, vectors out, in order); the work runs on
+    `workers` actors of `threads` CPUs each (default: as many as the cluster's CPUs hold)."""
+
+    def __init__(self, entry, address=None, workers=None, threads=None, **kwargs):
+        ray = import_ray()
+        self.ray = ray
+        self.started = _start(ray, address)
+        threads = int(threads or 1)
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if cpus < threads:
+            self.close()
+            raise BertfeatError(f"the Ray cluster has {cpus} CPUs, fewer than --threads {threads} per worker")
+        n = int(workers or max(1, cpus // threads))
+        files = {name: (Path(entry) / name).read_bytes() for name in ("model.onnx", "tokenizer.json", "manifest.json")}
+        if kwargs.get("tokenizer"):
+            files["custom_tokenizer.json"] = Path(kwargs["tokenizer"]).read_bytes()
+        kwargs.pop("tokenizer", None)
+        self.export = [ray.put(files)]  # held by the driver for the whole run; a list, so actors get the reference
+        actor = ray.remote(num_cpus=threads, max_restarts=3, max_task_retries=3)(_Worker)
+        self.actors = [actor.remote({**kwargs, "threads": threads}) for _ in range(n)]
+        self.encoder = SimpleNamespace(windows_run=0, tokens_run=0)  # counts, as MessageEmbedder's
+
+    def __call__(self, messages):
+        n = len(self.actors)
+        size = -(-len(messages) // n)
+        parts = [messages[k:k + size] for k in range(0, len(messages), size)]
+        out = []
+        calls = [a.embed.remote(self.export, p) for a, p in zip(self.actors, parts)]
+        try:
+            results = self.ray.get(calls)
+        except self.ray.exceptions.RayError as e:  # an actor that failed even after Ray's retries
+            cause = getattr(e, "cause", None)
+            text = str(cause) if cause is not None else (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            raise BertfeatError(f"a Ray worker failed ({text[:200]}); the vectors staged so far are kept:"
+                                " run the same command again to resume") from None
+        for vectors, windows, tokens in results:
+            out.extend(vectors)
+            self.encoder.windows_run += windows
+            self.encoder.tokens_run += tokens
+        return out
+
+    def where(self):
+        """(host, pid, entry folder) of each actor."""
+        return self.ray.get([a.where.remote(self.export) for a in self.actors])
+
+    def close(self):
+        for a in getattr(self, "actors", []):
+            self.ray.kill(a)
+        self.actors = []
+        if self.started and self.ray.is_initialized():
+            self.ray.shutdown()

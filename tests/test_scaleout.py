@@ -1,0 +1,55 @@
+"""--ray: the same table as a local run, from a real local Ray (several worker processes), with the
+model shipped to the actors through Ray's object store. Stage, resume and dedup are the driver's."""
+import pytest
+
+import bertfeat
+from bertfeat.tables import connect
+
+from conftest import MSGS_CSV
+
+pytest.importorskip("ray", reason="pip install 'bertfeat[ray]'")
+pytest.importorskip("torch", reason="the tiny test model is made with torch (pip install 'bertfeat[export]')")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tiny_models import make_model
+    return str(make_model("bert", tmp_path_factory.mktemp("tinyray") / "bert"))
+
+
+def rows(db, conn, table):
+    with connect(db, **conn) as engine:
+        return {(g, f): v for g, f, v in engine.query(f"SELECT group_id, feat, value FROM {engine.q(table)}")}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_ray_gives_the_local_table(precision, tiny, tmp_path):
+    conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    bertfeat.import_csv("r", "msgs", MSGS_CSV, progress=False, **conn)
+    bertfeat.add_sent_tokenized("r", "msgs", progress=False, **conn)
+    kw = dict(bert_model=tiny, bert_layers=[0, 2], precision=precision, model_dir=str(tmp_path / "models"),
+              progress=False, bert_keep_msg=True, **conn)
+    local = bertfeat.add_bert("r", "msgs", "user_id", stage_dir=str(tmp_path / "local"), **kw)
+    expected = {t: rows("r", conn, local[t]) for t in ("table", "message_table")}
+    remote = bertfeat.add_bert("r", "msgs", "user_id", stage_dir=str(tmp_path / "ray"), ray="local", workers=2,
+                               threads=1, chunk_messages=128, **kw)
+    assert remote["table"] == local["table"] and remote["embedded"] == local["embedded"] > 700
+    assert (remote["windows"], remote["tokens"]) == (local["windows"], local["tokens"])
+    for t, want in expected.items():
+        got = rows("r", conn, remote[t])
+        assert got.keys() == want.keys() and len(got) > 0
+        worst = max(abs(got[k] - want[k]) / max(1e-12, abs(want[k])) for k in got)
+        assert worst <= (1e-6 if precision == "fp32" else 0.0), (t, worst)
+    again = bertfeat.add_bert("r", "msgs", "user_id", stage_dir=str(tmp_path / "ray"), ray="local", **kw)
+    assert again["embedded"] == 0 and again["windows"] == 0  # the stage serves it: nothing goes to workers
+
+
+def test_ray_errors_are_one_line(tiny, tmp_path):
+    conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    bertfeat.import_csv("e", "msgs", MSGS_CSV, progress=False, **conn)
+    with pytest.raises(bertfeat.BertfeatError, match="workers is the number of Ray workers"):
+        bertfeat.add_bert("e", "msgs", "user_id", bert_model=tiny, workers=2, model_dir=str(tmp_path / "m"),
+                          progress=False, **conn)
+    with pytest.raises(bertfeat.BertfeatError, match="cannot reach a Ray cluster"):
+        bertfeat.add_bert("e", "msgs", "user_id", bert_model=tiny, ray="127.0.0.1:1", model_dir=str(tmp_path / "m"),
+                          stage_dir=str(tmp_path), progress=False, **conn)
