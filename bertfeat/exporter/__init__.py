@@ -322,11 +322,11 @@ def export_int8(name, depth=None, root=None, force=False):
     the FFN have a few outlier channels, and the GELU output that feeds the FFN's second MatMul
     more. So the outlier channels are first shrunk into the weights (`smooth_activations`, alpha
     0.75, calibrated on the agreement windows) and the FFN output MatMuls are not quantized
-    (`ffn_output_matmuls`). Measured on 600 msgs100u windows (all-MiniLM-L6-v2, AMD EPYC with
-    AVX-512 VNNI; bench/README.md): window cosine to fp32 >= 0.9976 on every layer, against
-    0.9774 (last layer) with everything quantized as in bertfeat 0.2. Agreement is measured
-    per layer at export on the user's machine, recorded, and gated (models.usable_layers).
-    """
+    (`ffn_output_matmuls`). Weights are 7-bit (reduce_range): without VNNI, u8 x s8 pair sums
+    saturate 16 bits with 8-bit weights (all-MiniLM-L6-v2's layer 4 on an AVX2 host: 0.9932 with
+    8 bits, 0.9964 with 7; bench/README.md). Agreement is measured per layer at export on the
+    user's machine (AGREEMENT_TEXT and SHORT_TEXT windows), recorded, and gated
+    (models.usable_layers)."""
     def convert(fp32_model, target):
         import logging
         from onnxruntime.quantization import QuantType, quantize_dynamic
