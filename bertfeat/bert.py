@@ -45,8 +45,9 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
                    "--workers": workers})
     check_connection_keywords(conn, add_bert)
     if ray is not None:
-        from .scaleout.ray_pool import import_ray
-        import_ray()  # not installed: one line now, before any work
+        from .scaleout.ray_pool import check_reachable, import_ray
+        import_ray()  # not installed, or an address that answers nothing: one line now, before any work
+        check_reachable(ray)
     elif workers is not None:
         raise BertfeatError(f"{param('--workers')} is the number of Ray workers: it needs {param('--ray', 'local')}")
     device = _device(device, settings.precision)

@@ -11,6 +11,16 @@ pytest.importorskip("ray", reason="pip install 'bertfeat[ray]'")
 pytest.importorskip("torch", reason="the tiny test model is made with torch (pip install 'bertfeat[export]')")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One local Ray (2 CPUs, worker processes of its own) for the module: bertfeat joins a Ray
+    that is already initialized and leaves it running (each run starting its own costs ~10 s)."""
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from tiny_models import make_model
@@ -50,6 +60,9 @@ def test_ray_errors_are_one_line(tiny, tmp_path):
     with pytest.raises(bertfeat.BertfeatError, match="workers is the number of Ray workers"):
         bertfeat.add_bert("e", "msgs", "user_id", bert_model=tiny, workers=2, model_dir=str(tmp_path / "m"),
                           progress=False, **conn)
-    with pytest.raises(bertfeat.BertfeatError, match="cannot reach a Ray cluster"):
-        bertfeat.add_bert("e", "msgs", "user_id", bert_model=tiny, ray="127.0.0.1:1", model_dir=str(tmp_path / "m"),
-                          stage_dir=str(tmp_path), progress=False, **conn)
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "bertfeat", "-d", "e", "--db_dir", str(tmp_path), "-t", "msgs", "-c",
+                        "user_id", "--add_bert", "--bert_model", tiny, "--model_dir", str(tmp_path / "m"),
+                        "--ray", "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot reach a Ray cluster" in r.stderr, r.stderr

@@ -34,6 +34,7 @@ def _start(ray, address):
     if ray.is_initialized():
         return False
     kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    check_reachable(address)
     try:
         if address in (None, "", "local"):
             ray.init(address="local", **kwargs)
@@ -45,6 +46,20 @@ def _start(ray, address):
                             " give 'auto', host:port of a running head node, or no address for a local"
                             " Ray") from None
     return True
+
+
+def check_reachable(address):
+    """A host:port that accepts no connection is one line now (ray.init would wait minutes)."""
+    import socket
+    if not address or address in ("local", "auto") or ":" not in address:
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            return
+    except (OSError, ValueError) as e:
+        raise BertfeatError(f"--ray {address}: cannot reach a Ray cluster there ({e}); give 'auto', host:port"
+                            " of a running head node, or no address for a local Ray") from None
 
 
 class _Worker:
