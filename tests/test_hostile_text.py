@@ -79,7 +79,7 @@ def test_the_issue_9_reproducers(engine_name, tmp_path, request):
     assert got == {k: json.dumps(split_sentences(v), ensure_ascii=False) for k, v in expected.items()}
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
 @given(texts=st.lists(hostile, min_size=1, max_size=60), seed=st.integers(0, 10**6))
 def test_import_and_sentences_round_trip_byte_for_byte(tmp_path_factory, texts, seed):
     tmp = tmp_path_factory.mktemp("rt")
@@ -106,7 +106,7 @@ def tiny_bert(tmp_path_factory):
     return str(make_model("bert", root / "bert")), str(root / "cache")
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=2, deadline=None, suppress_health_check=list(HealthCheck))
 @given(texts=st.lists(hostile, min_size=1, max_size=40), seed=st.integers(0, 10**6))
 def test_message_level_table_is_the_same_on_both_engines(tiny_bert, tmp_path_factory, texts, seed):
     model, cache = tiny_bert

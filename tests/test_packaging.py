@@ -26,13 +26,29 @@ def test_extras_name_one_runtime_each():
     assert extras["gpu-cu13"] == ["onnxruntime-gpu[cuda,cudnn]>=1.27"]
 
 
-@pytest.mark.parametrize("extra, want", [("cpu", ("onnxruntime", None)), ("gpu", ("onnxruntime-gpu", "1.26")),
-                                         ("gpu-cu13", ("onnxruntime-gpu", "1.27")), (None, None)])
-def test_pip_resolves_exactly_one_runtime(extra, want, tmp_path):
-    target = f"{ROOT}[{extra}]" if extra else str(ROOT)
-    report = tmp_path / "r.json"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-                        "--report", str(report), target], capture_output=True, text=True, timeout=300)
+CASES = [("cpu", ("onnxruntime", None)), ("gpu", ("onnxruntime-gpu", "1.26")),
+         ("gpu-cu13", ("onnxruntime-gpu", "1.27")), (None, None)]
+
+
+@pytest.fixture(scope="module")
+def resolved(tmp_path_factory):
+    """pip's dry run of each install, the four at once (they wait on the index, not the CPU)."""
+    from concurrent.futures import ThreadPoolExecutor
+    work = tmp_path_factory.mktemp("pip")
+
+    def dry_run(extra):
+        report = work / f"{extra}.json"
+        target = f"{ROOT}[{extra}]" if extra else str(ROOT)
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                            "--report", str(report), target], capture_output=True, text=True, timeout=300)
+        return r, report
+    with ThreadPoolExecutor(len(CASES)) as pool:
+        return dict(zip([e for e, _ in CASES], pool.map(dry_run, [e for e, _ in CASES])))
+
+
+@pytest.mark.parametrize("extra, want", CASES)
+def test_pip_resolves_exactly_one_runtime(extra, want, resolved):
+    r, report = resolved[extra]
     if r.returncode != 0:
         if any(w in r.stderr for w in ("Could not find a version", "No matching distribution", "NewConnection",
                                        "Temporary failure", "Max retries")):
