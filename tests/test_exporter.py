@@ -247,7 +247,7 @@ def test_export_model_and_list_models_from_the_cli(tiny, tmp_path):
 def test_int8_agrees_on_every_layer_of_each_family(family, tiny, tmp_path):
     """Measured here on real msgs100u windows, every layer (not read back from the manifest)."""
     from bertfeat.models import MIN_COSINE, usable_layers
-    from test_precision import real_windows
+    from test_accuracy import real_windows
     cache = str(tmp_path)
     fp32, int8 = Encoder(locate(tiny[family], 3, "fp32", cache)), Encoder(locate(tiny[family], 3, "int8", cache))
     windows = real_windows(fp32, 150)
