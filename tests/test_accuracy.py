@@ -29,24 +29,30 @@ def message_vectors(conn, table):
     return out
 
 
-def test_int8_message_vectors_agree_with_fp32(msgs100u_features):
-    """Every third msgs100u message (247 of 741, to keep the suite short on slow hosts; every
-    window is measured in bench/int8_layers.py; the gate's test below covers every layer)."""
+def sampled_cosines(features, precision, step):
+    """(cosine to the fp32 message vector of every `step`-th msgs100u message, the cache entry),
+    the `precision` vectors made by MessageEmbedder at the default layer."""
     import csv
 
     from bertfeat.embedder import MessageEmbedder
     from bertfeat.text.sentences import split_sentences
     from conftest import MSGS_CSV
-    conn, fp32 = msgs100u_features["conn"], msgs100u_features["summary"]
     with open(MSGS_CSV, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))[::3]
-    entry = locate(MODEL, 5, "int8", msgs100u_features["model_dir"])
+        rows = list(csv.DictReader(f))[::step]
+    entry = locate(MODEL, 5, precision, features["model_dir"])
     got = MessageEmbedder(entry, [4])([split_sentences(r["message"]) for r in rows])
-    a = message_vectors(conn, fp32["message_table"])
+    a = message_vectors(features["conn"], features["summary"]["message_table"])
     cos = [a[int(r["message_id"])] @ v / np.linalg.norm(a[int(r["message_id"])]) / np.linalg.norm(v)
            for r, v in zip(rows, got) if v is not None]
+    return cos, entry
+
+
+def test_int8_message_vectors_agree_with_fp32(msgs100u_features):
+    """Every third msgs100u message (247 of 741, to keep the suite short on slow hosts; every
+    window is measured in bench/int8_layers.py; the gate's test below covers every layer)."""
+    cos, entry = sampled_cosines(msgs100u_features, "int8", 3)
     assert len(cos) >= 240 and min(cos) >= 0.998, min(cos)  # issue 10: int8 >= 0.998 per message
-    manifest = read_manifest(locate(MODEL, 5, "int8", msgs100u_features["model_dir"]))
+    manifest = read_manifest(entry)
     assert manifest["precision"] == "int8" and 4 in usable_layers(manifest)
 
 
@@ -55,19 +61,7 @@ def test_fp16_message_vectors_agree_with_fp32(msgs100u_features):
     the CPU (fp16 weights and activations between ops), which is what the export checks too. On
     the CPU it is slow, so an even sample of 75 msgs100u messages (bench/cuda.py checks every
     message on a GPU)."""
-    import csv
-
-    from bertfeat.embedder import MessageEmbedder
-    from bertfeat.text.sentences import split_sentences
-    from conftest import MSGS_CSV
-    conn, fp32 = msgs100u_features["conn"], msgs100u_features["summary"]
-    with open(MSGS_CSV, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))[::10]
-    entry = locate(MODEL, 5, "fp16", msgs100u_features["model_dir"])
-    got = MessageEmbedder(entry, [4])([split_sentences(r["message"]) for r in rows])
-    a = message_vectors(conn, fp32["message_table"])
-    cos = [a[int(r["message_id"])] @ v / np.linalg.norm(a[int(r["message_id"])]) / np.linalg.norm(v)
-           for r, v in zip(rows, got) if v is not None]
+    cos, entry = sampled_cosines(msgs100u_features, "fp16", 10)
     assert len(cos) >= 70 and min(cos) > 0.9999, min(cos)  # fp16 is far closer than int8
     manifest = read_manifest(entry)
     assert manifest["precision"] == "fp16" and manifest["per_window"] is False and 4 in usable_layers(manifest)
