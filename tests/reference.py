@@ -1,4 +1,6 @@
-"""A plain float64 PyTorch evaluation of SPEC §3, one window at a time (BERT- and RoBERTa-style).
+"""A plain float64 PyTorch evaluation of SPEC §3 (BERT- and RoBERTa-style): each window on its
+own, never padded (windows of exactly equal length share one forward pass, which changes nothing
+but the speed).
 
 Deliberately independent of bertfeat's code: HF's tokenizer and model in float64, numpy math.
 """
@@ -36,16 +38,41 @@ class Reference:
         return [cls] + a + [sep] + b + [sep], [0] * (len(a) + 2) + [1] * (len(b) + 1), 1, len(a) + 2
 
     def hidden(self, ids, types):
-        """All layers' hidden states [n_layers, T, H] of one window (no batching, no padding)."""
+        """All layers' hidden states [n_layers, T, H] of one window (no padding)."""
         key = (tuple(ids), tuple(types))
         if key not in self._cache:
-            extra = {"token_type_ids": torch.tensor([types])} if self.token_types else {}
-            with torch.no_grad():
-                out = self.model(input_ids=torch.tensor([ids]), **extra,
-                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 output_hidden_states=True)
-            self._cache[key] = torch.stack(out.hidden_states[1:], 0)[:, 0].numpy()
+            self._forward([key])
         return self._cache[key]
+
+    def _forward(self, keys):
+        """Hidden states of windows of one length, in one unpadded forward pass."""
+        extra = {"token_type_ids": torch.tensor([t for _, t in keys])} if self.token_types else {}
+        with torch.no_grad():
+            out = self.model(input_ids=torch.tensor([i for i, _ in keys]), **extra,
+                             attention_mask=torch.ones(len(keys), len(keys[0][0]), dtype=torch.long),
+                             output_hidden_states=True)
+        states = torch.stack(out.hidden_states[1:], 0).numpy()  # [layers, windows, T, H]
+        for n, key in enumerate(keys):
+            self._cache[key] = states[:, n].copy()
+
+    def prefetch(self, messages, no_context=False, batch_tokens=8192):
+        """Compute the windows `messages` (lists of sentences) need, equal lengths together."""
+        by_length = {}
+        for sentences in messages:
+            sents = self.pieces(sentences)
+            if no_context:
+                wins = [self.window([t]) for s in sents for t in s]
+            else:
+                wins = [self.window(s) for s in sents[:1] if len(sents) == 1]
+                wins += [self.window(a, b) for a, b in zip(sents, sents[1:])]
+            for ids, types, _, _ in wins:
+                key = (tuple(ids), tuple(types))
+                if key not in self._cache:
+                    by_length.setdefault(len(ids), {})[key] = None
+        for length, keys in by_length.items():
+            keys, step = list(keys), max(1, batch_tokens // length)
+            for k in range(0, len(keys), step):
+                self._forward(keys[k:k + step])
 
     def pieces(self, sentences):
         out = []
@@ -87,6 +114,7 @@ class Reference:
     def group_vectors(self, messages, layers, layer_aggs, word_aggs, msg_aggs, no_context=False):
         """{group: vector} from [(message_id, group, sentences)]; first occurrence of an id wins."""
         seen, by_group = set(), {}
+        self.prefetch([sentences for _, _, sentences in messages], no_context)
         for mid, group, sentences in messages:
             if mid in seen or group is None:
                 continue
