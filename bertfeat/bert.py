@@ -5,6 +5,7 @@ each chunk finishes, so a killed run resumes where it stopped and memory stays b
 chunk, not the table. The feature table is built from the stage, written under a temporary
 name and renamed, so a half-written table never looks complete.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -73,11 +74,11 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
         key = settings.stage_key(manifest, id_type, file_sha256(tokenizer) if settings.tokenizer else None)
         stage = Stage(stage_path, key, id_type, group_type, lock_timeout=conn.get("lock_timeout"))
 
-        made = []  # the embedder, once one is needed (a Ray pool is closed when the job ends)
-        make_embedder = _embedder_factory(entry, settings, tokenizer, device, threads, batch_tokens, ray, workers,
+        made = []  # the executor, once one is needed (a Ray pool is closed when the job ends)
+        make_executor = _executor_factory(entry, settings, tokenizer, device, threads, batch_tokens, ray, workers,
                                           made)
         try:
-            counts, embedder = _stage_messages(engine, stage, source, fields, source != table, make_embedder,
+            counts, executor = _stage_messages(engine, stage, source, fields, source != table, make_executor,
                                                chunk_messages, progress)
         finally:
             for e in made:
@@ -91,16 +92,16 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
         summary = {"table": feat_table, "message_table": msg_table if bert_keep_msg else None,
                    "groups": engine.query(f"SELECT count(DISTINCT group_id) FROM {engine.q(feat_table)}")[0][0],
                    "rows": written, "seconds": round(time.perf_counter() - started, 2),
-                   "windows": embedder.encoder.windows_run if embedder else 0,
-                   "tokens": embedder.encoder.tokens_run if embedder else 0, **counts}
+                   "windows": executor.encoder.windows_run if executor else 0,
+                   "tokens": executor.encoder.tokens_run if executor else 0, **counts}
         engine.record_run(feat_table, settings.feature_name(),
                           {**key, "msg_aggregation": settings.msg_aggregation}, summary)
     return summary
 
 
-def _embedder_factory(entry, settings, tokenizer, device, threads, batch_tokens, ray, workers, made):
-    """A function making the message embedder when the first chunk needs inference: the local
-    MessageEmbedder, or with `ray` the same object inside Ray actors (scaleout/ray_pool.py)."""
+def _executor_factory(entry, settings, tokenizer, device, threads, batch_tokens, ray, workers, made):
+    """A function making the executor when the first chunk needs inference: the MessageEmbedder
+    run in this process, or with `ray` the same object inside Ray actors (scaleout/ray_pool.py)."""
     def make():
         kwargs = dict(layers=settings.layers, layer_aggregation=settings.layer_aggregation,
                       word_aggregation=settings.word_aggregation, no_context=settings.no_context,
@@ -110,8 +111,8 @@ def _embedder_factory(entry, settings, tokenizer, device, threads, batch_tokens,
             from .scaleout.ray_pool import RayEmbedder
             made.append(RayEmbedder(entry, address=ray, workers=workers, threads=threads, **kwargs))
         else:
-            from .embedder import MessageEmbedder
-            made.append(MessageEmbedder(entry, threads=threads, **kwargs))
+            from .embedder import InlineExecutor, MessageEmbedder
+            made.append(InlineExecutor(MessageEmbedder(entry, threads=threads, **kwargs)))
         return made[-1]
     return make
 
@@ -259,20 +260,41 @@ def _model(settings, model_dir):
     return settings, entry, manifest
 
 
-def _stage_messages(engine, stage, source, fields, from_stoks, make_embedder, chunk_messages, progress):
-    """Stage the vectors of every usable message of `source`, a chunk at a time; returns the
-    counts and the embedder (None when every vector was already staged)."""
+def _stage_messages(engine, stage, source, fields, from_stoks, make_executor, chunk_messages, progress):
+    """Stage the vectors of every usable message of `source`, read a chunk at a time in id order;
+    returns the counts and the executor (None when every vector was already staged).
+
+    A chunk's texts that are neither staged nor in flight go to the executor (inline: computed at
+    once; Ray: on actors, several chunks in flight while the next are read); vectors are staged as
+    they come back, each batch in one transaction, so a kill leaves whole batches to resume from.
+    """
     counts = {"messages": 0, "reused": 0, "embedded": 0, "skipped": {}}
-    embedder = None
+    waiting = {}  # text hash sent for inference -> [(message_id, group_id)] that take its vector
+    executor = None
 
     def skip(why, n=1):
         counts["skipped"][why] = counts["skipped"].get(why, 0) + n
 
-    def embed(messages):
-        nonlocal embedder
-        with engine.released(), stage.released():
-            embedder = embedder or make_embedder()  # only when something needs inference
-            return embedder(messages)
+    def collect(wait):
+        """Stage what the executor has finished (waiting, without the files, for one if `wait`)."""
+        with contextlib.ExitStack() as files:
+            if wait:  # inference needs neither file: other processes get in meanwhile
+                files.enter_context(engine.released())
+                files.enter_context(stage.released())
+            results = executor.done(wait=wait)
+        for hashes, vectors in results:
+            rows, used = [], []
+            for h, vec in zip(hashes, vectors):
+                members = waiting.pop(h)
+                if vec is None:
+                    skip("no sentences", len(members))
+                    continue
+                rows.extend((mid, h, vec) for mid, _ in members)
+                used.extend(members)
+                counts["embedded"] += 1
+                counts["reused"] += len(members) - 1  # the same text in other messages
+            stage.put(rows, used)
+            counts["messages"] += len(used)
 
     total, null_ids, batches = engine.by_id(source, fields[0], list(fields), chunk_messages)
     if null_ids:
@@ -290,48 +312,45 @@ def _stage_messages(engine, stage, source, fields, from_stoks, make_embedder, ch
                     skip(why or "invalid JSON in _stoks")
                     continue
                 batch.append((mid, gid, sents, _text_hash(sents)))
-            _stage_chunk(stage, batch, embed, counts, skip)
+            todo = _reuse_staged(stage, batch, waiting, counts)
+            if todo:
+                with engine.released(), stage.released():
+                    executor = executor or make_executor()  # only when something needs inference
+                    executor.submit(list(todo), list(todo.values()))
+            if executor:
+                collect(wait=executor.pending >= executor.depth)
+                bar.status = executor.status()
             bar.update(len(rows))
+        while executor and executor.pending:
+            collect(wait=True)
     if not counts["messages"]:
         why = ", ".join(f"{n} {w}" for w, n in counts["skipped"].items()) or "none"
         raise BertfeatError(f"no usable messages in table {source!r} (skipped: {why}):"
                             " no feature table written")
-    return counts, embedder
+    return counts, executor
 
 
-def _stage_chunk(stage, batch, embed, counts, skip):
-    """Stage the vectors of a chunk's messages [(message_id, group_id, sentences, text hash)].
-
-    A message already staged with the same text, or sharing its text with a staged message, is
-    reused; each remaining distinct text is embedded once. One transaction per chunk.
-    """
+def _reuse_staged(stage, batch, waiting, counts):
+    """Stage what a chunk's messages [(message_id, group_id, sentences, text hash)] can take from
+    the stage (the same message with the same text, or another message's identical text), in one
+    transaction; a message whose text is in flight waits for it (`waiting`). Returns the texts to
+    embed {text hash: sentences}, each once."""
     done, by_hash = stage.staged([b[0] for b in batch], [b[3] for b in batch])
-    todo, staged_rows = {}, []
-    for mid, _, sents, h in batch:
+    todo, rows, used = {}, [], []
+    for mid, gid, sents, h in batch:
         if done.get(mid) == h:
-            counts["reused"] += 1
-        elif h in by_hash:
-            staged_rows.append((mid, h, np.asarray(by_hash[h])))
-            counts["reused"] += 1
-        else:
-            todo.setdefault(h, (sents, []))[1].append(mid)
-    empty = set()
-    if todo:
-        for h, vec in zip(todo, embed([sents for sents, _ in todo.values()])):
-            if vec is None:
-                empty.add(h)
-            else:
-                staged_rows.extend((mid, h, vec) for mid in todo[h][1])
-                counts["embedded"] += 1
-                counts["reused"] += len(todo[h][1]) - 1  # the same text again in this chunk
-    used = []
-    for mid, gid, _, h in batch:
-        if h in empty:
-            skip("no sentences")
-        else:
             used.append((mid, gid))
-    stage.put(staged_rows, used)
+        elif h in by_hash:
+            rows.append((mid, h, np.asarray(by_hash[h])))
+            used.append((mid, gid))
+        else:
+            if h not in waiting:
+                todo[h], waiting[h] = sents, []
+            waiting[h].append((mid, gid))
+    stage.put(rows, used)
+    counts["reused"] += len(used)
     counts["messages"] += len(used)
+    return todo
 
 
 def _duck_type(sql_type):

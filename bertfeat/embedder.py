@@ -75,3 +75,28 @@ class MessageEmbedder:
             for t, h in zip(need, self.encoder.run([w for w, _ in made], self.layers)):
                 self.piece_vectors[t] = h[:, start].copy()
         return [np.stack([self.piece_vectors[int(t)] for t in s]) for sents in per_message for s in sents]
+
+
+class InlineExecutor:
+    """The job's local executor: `submit(tag, messages)` computes the chunk's vectors at once, in
+    this process; `done()` hands them back [(tag, vectors)]. scaleout.ray_pool.RayEmbedder is the
+    same interface over Ray actors, with several chunks in flight."""
+
+    depth = 1  # chunks in flight before the job waits for one (here: none ever waits)
+
+    def __init__(self, embedder):
+        self.embedder, self.encoder, self.results = embedder, embedder.encoder, []
+
+    @property
+    def pending(self):
+        return len(self.results)
+
+    def submit(self, tag, messages):
+        self.results.append((tag, self.embedder(messages)))
+
+    def done(self, wait=False):
+        out, self.results = self.results, []
+        return out
+
+    def status(self):
+        return ""

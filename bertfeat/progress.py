@@ -12,6 +12,7 @@ class Progress:
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.start = time.perf_counter()
         self._last_draw = 0.0
+        self.status = ""  # shown after the counts (e.g. how many Ray workers)
 
     def __enter__(self):
         return self
@@ -43,6 +44,8 @@ class Progress:
             text = f"{self.label}: {self.done}/{self.total} {rate:.1f}/s ETA {eta:.0f}s"
         else:
             text = f"{self.label}: {self.done} {rate:.1f}/s"
+        if self.status:
+            text += f" ({self.status})"
         self.stream.write("\r" + text.ljust(60))
         self.stream.flush()
 

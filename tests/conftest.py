@@ -92,14 +92,15 @@ def msgs100u_features(msgs_csv, tmp_path_factory):
     return {"conn": conn, "summary": s, "model_dir": model_dir, "stage_dir": str(work), "rows": rows}
 
 
-# A child process's prelude that prints "staged N" after each chunk the stage commits.
+# A child process's prelude that prints "staged N" after each batch of vectors the stage commits.
 NOISY_STAGE = """
 import sys, bertfeat
 from bertfeat.aggregate.groups import Stage
 put = Stage.put
 def noisy(self, rows, *more):
     put(self, rows, *more)
-    print("staged", len(rows), flush=True)
+    if rows:
+        print("staged", len(rows), flush=True)
 Stage.put = noisy
 """
 

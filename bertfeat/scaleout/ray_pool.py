@@ -2,11 +2,16 @@
 
 The driver keeps everything else of a run as it is locally: reading the table in id order, the
 stage (identical texts embedded once, resume, exactly once), the feature table. Only the texts a
-chunk still needs go to the actors, split evenly; vectors come back in order to the driver's
-stage. The export travels through Ray's object store (its files as bytes, each checked against
-the manifest's sha256 on arrival and kept in the node's temp folder), so a worker node needs
-neither the driver's models/ folder nor torch. Actors that die are restarted by Ray and their
-calls retried.
+chunk still needs go to the actors: each chunk to the actor with the fewest calls queued, up to
+two per actor in flight, so the actors compute while the driver reads and stages. The export
+travels through Ray's object store (its files as bytes, each checked against the manifest's
+sha256 on arrival and kept in the node's temp folder), so a worker node needs neither the
+driver's models/ folder nor torch. Actors that die are restarted by Ray and their calls retried.
+
+Why actors fed by the driver rather than a Ray Data pipeline reading the table: the stage's
+exactly-once bookkeeping (which texts are already staged or in flight) lives on the driver, and a
+Ray Data source would need the rows as files every node can read; the driver's own cost per
+message is measured in bench/scaleout.py.
 """
 import hashlib
 import os
@@ -18,6 +23,7 @@ from ..errors import BertfeatError
 from ..models import read_manifest
 
 INSTALL = "pip install 'bertfeat[ray]'"
+IN_FLIGHT_PER_WORKER = 2  # one computing, one queued behind it: an actor never waits for the driver
 
 
 def import_ray():
@@ -64,8 +70,8 @@ def check_reachable(address):
 
 class _Worker:
     """One actor: the export rebuilt on its node, a MessageEmbedder over it. The export comes
-    with the first call (a reference to it in the object store), so an actor Ray restarts
-    rebuilds itself on its next call."""
+    with every call (a reference to it in the object store), so an actor Ray restarts rebuilds
+    itself on its next call."""
 
     def __init__(self, kwargs):
         self.kwargs, self.embedder, self.entry = kwargs, None, None
@@ -91,13 +97,14 @@ class _Worker:
         self.embedder = MessageEmbedder(entry, **kwargs)
 
     def embed(self, export, messages):
+        """(message vectors, windows run, tokens run, this process's id)."""
         if self.embedder is None:
             import ray
             self._load(ray.get(export[0]))
         enc = self.embedder.encoder
         windows, tokens = enc.windows_run, enc.tokens_run
         vectors = self.embedder(messages)
-        return vectors, enc.windows_run - windows, enc.tokens_run - tokens
+        return vectors, enc.windows_run - windows, enc.tokens_run - tokens, os.getpid()
 
     def where(self, export):
         import socket
@@ -108,8 +115,10 @@ class _Worker:
 
 
 class RayEmbedder:
-    """Called like MessageEmbedder (messages in, vectors out, in order); the work runs on
-    `workers` actors of `threads` CPUs each (default: as many as the cluster's CPUs hold)."""
+    """The job's executor on Ray: `submit(tag, messages)` sends a chunk to an actor, `done(wait)`
+    returns the chunks whose vectors are back [(tag, vectors)] (embedder.InlineExecutor is the
+    local one). `workers` actors of `threads` CPUs each (default: as many as the cluster's CPUs hold).
+    Also callable like MessageEmbedder (messages in, vectors out, in order)."""
 
     def __init__(self, entry, address=None, workers=None, threads=None, **kwargs):
         ray = import_ray()
@@ -128,26 +137,63 @@ class RayEmbedder:
         self.export = [ray.put(files)]  # held by the driver for the whole run; a list, so actors get the reference
         actor = ray.remote(num_cpus=threads, max_restarts=3, max_task_retries=3)(_Worker)
         self.actors = [actor.remote({**kwargs, "threads": threads}) for _ in range(n)]
+        self.depth = IN_FLIGHT_PER_WORKER * n
+        self.calls = {}  # object ref -> (tag, actor index)
+        self.pids = {}  # actor index -> the process that answered last (a new one: Ray restarted it)
+        self.restarts = 0
         self.encoder = SimpleNamespace(windows_run=0, tokens_run=0)  # counts, as MessageEmbedder's
 
-    def __call__(self, messages):
-        n = len(self.actors)
-        size = -(-len(messages) // n)
-        parts = [messages[k:k + size] for k in range(0, len(messages), size)]
+    @property
+    def pending(self):
+        return len(self.calls)
+
+    def status(self):
+        """For the progress line: how many workers, and whether Ray had to restart any."""
+        return f"{len(self.actors)} Ray workers" + (f", {self.restarts} restarted" if self.restarts else "")
+
+    def submit(self, tag, messages):
+        load = [0] * len(self.actors)
+        for _, k in self.calls.values():
+            load[k] += 1
+        k = load.index(min(load))
+        self.calls[self.actors[k].embed.remote(self.export, messages)] = (tag, k)
+
+    def done(self, wait=False):
+        """[(tag, vectors)] of the calls that are back; with `wait`, at least one (if any is out)."""
+        refs = list(self.calls)
+        if not refs:
+            return []
+        ready, rest = self.ray.wait(refs, num_returns=1, timeout=None if wait else 0)
+        if rest:
+            ready += self.ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         out = []
-        calls = [a.embed.remote(self.export, p) for a, p in zip(self.actors, parts)]
+        for ref in ready:
+            tag, k = self.calls.pop(ref)
+            vectors, windows, tokens, pid = self._get(ref)
+            if self.pids.setdefault(k, pid) != pid:
+                self.pids[k], self.restarts = pid, self.restarts + 1
+            self.encoder.windows_run += windows
+            self.encoder.tokens_run += tokens
+            out.append((tag, vectors))
+        return out
+
+    def _get(self, ref):
         try:
-            results = self.ray.get(calls)
+            return self.ray.get(ref)
         except self.ray.exceptions.RayError as e:  # an actor that failed even after Ray's retries
             cause = getattr(e, "cause", None)
             text = str(cause) if cause is not None else (str(e).strip().splitlines() or [type(e).__name__])[-1]
             raise BertfeatError(f"a Ray worker failed ({text[:200]}); the vectors staged so far are kept:"
                                 " run the same command again to resume") from None
-        for vectors, windows, tokens in results:
-            out.extend(vectors)
-            self.encoder.windows_run += windows
-            self.encoder.tokens_run += tokens
-        return out
+
+    def __call__(self, messages):
+        size = -(-len(messages) // len(self.actors))
+        for k in range(0, len(messages), size):
+            self.submit(k, messages[k:k + size])
+        got = {}
+        while self.calls:
+            got.update(self.done(wait=True))
+        return [v for k in sorted(got) for v in got[k]]
 
     def where(self):
         """(host, pid, entry folder) of each actor."""
