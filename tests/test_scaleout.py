@@ -29,28 +29,33 @@ def tiny(tmp_path_factory):
 
 def rows(db, conn, table):
     with connect(db, **conn) as engine:
-        return {(g, f): v for g, f, v in engine.query(f"SELECT group_id, feat, value FROM {engine.q(table)}")}
+        return {(str(g), f): v for g, f, v in engine.query(f"SELECT group_id, feat, value FROM {engine.q(table)}")}
 
 
-@pytest.mark.parametrize("precision", ["fp32"])  # int8 runs the same path (per-window sessions in the actor)
-def test_ray_gives_the_local_table(precision, tiny, tmp_path):
-    conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
-    bertfeat.import_csv("r", "msgs", MSGS_CSV, progress=False, **conn)
-    bertfeat.add_sent_tokenized("r", "msgs", progress=False, **conn)
+@pytest.mark.parametrize("precision, engine", [("fp32", "duckdb"), ("int8", "mysql")])
+def test_ray_gives_the_local_table(precision, engine, tiny, tmp_path, request):
+    """fp32 within 1e-6 (another batch composition), int8 identical (one window per call either
+    way); the driver reads DuckDB or MariaDB as a local run does."""
+    if engine == "mysql":
+        db, conn = request.getfixturevalue("mysql_db")
+    else:
+        db, conn = "r", {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    bertfeat.import_csv(db, "msgs", MSGS_CSV, progress=False, **conn)
+    bertfeat.add_sent_tokenized(db, "msgs", progress=False, **conn)
     kw = dict(bert_model=tiny, bert_layers=[0, 2], precision=precision, model_dir=str(tmp_path / "models"),
               progress=False, bert_keep_msg=True, **conn)
-    local = bertfeat.add_bert("r", "msgs", "user_id", stage_dir=str(tmp_path / "local"), **kw)
-    expected = {t: rows("r", conn, local[t]) for t in ("table", "message_table")}
-    remote = bertfeat.add_bert("r", "msgs", "user_id", stage_dir=str(tmp_path / "ray"), ray="local", workers=2,
-                               threads=1, chunk_messages=128, **kw)
+    local = bertfeat.add_bert(db, "msgs", "user_id", stage_dir=str(tmp_path / "local"), **kw)
+    expected = {t: rows(db, conn, local[t]) for t in ("table", "message_table")}
+    remote = bertfeat.add_bert(db, "msgs", "user_id", stage_dir=str(tmp_path / "ray"), ray="local", workers=2,
+                               threads=1, chunk_messages=64, **kw)
     assert remote["table"] == local["table"] and remote["embedded"] == local["embedded"] > 700
     assert (remote["windows"], remote["tokens"]) == (local["windows"], local["tokens"])
     for t, want in expected.items():
-        got = rows("r", conn, remote[t])
+        got = rows(db, conn, remote[t])
         assert got.keys() == want.keys() and len(got) > 0
         worst = max(abs(got[k] - want[k]) / max(1e-12, abs(want[k])) for k in got)
         assert worst <= (1e-6 if precision == "fp32" else 0.0), (t, worst)
-    again = bertfeat.add_bert("r", "msgs", "user_id", stage_dir=str(tmp_path / "ray"), ray="local", **kw)
+    again = bertfeat.add_bert(db, "msgs", "user_id", stage_dir=str(tmp_path / "ray"), ray="local", **kw)
     assert again["embedded"] == 0 and again["windows"] == 0  # the stage serves it: nothing goes to workers
 
 
@@ -60,6 +65,9 @@ def test_ray_errors_are_one_line(tiny, tmp_path):
     with pytest.raises(bertfeat.BertfeatError, match="workers is the number of Ray workers"):
         bertfeat.add_bert("e", "msgs", "user_id", bert_model=tiny, workers=2, model_dir=str(tmp_path / "m"),
                           progress=False, **conn)
+    with pytest.raises(bertfeat.BertfeatError, match="2 CPUs free .* 3 workers of --threads 1 need 3"):
+        bertfeat.add_bert("e", "msgs", "user_id", bert_model=tiny, ray="local", workers=3, threads=1,
+                          model_dir=str(tmp_path / "m"), progress=False, **conn)
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-m", "bertfeat", "-d", "e", "--db_dir", str(tmp_path), "-t", "msgs", "-c",

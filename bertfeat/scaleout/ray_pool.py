@@ -125,11 +125,13 @@ class RayEmbedder:
         self.ray = ray
         self.started = _start(ray, address)
         threads = int(threads or 1)
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        if cpus < threads:
+        free = int(ray.available_resources().get("CPU", 0))  # an actor that cannot be placed would wait forever
+        n = int(workers or max(1, free // threads))
+        if free < n * threads:
+            total = int(ray.cluster_resources().get("CPU", 0))
             self.close()
-            raise BertfeatError(f"the Ray cluster has {cpus} CPUs, fewer than --threads {threads} per worker")
-        n = int(workers or max(1, cpus // threads))
+            raise BertfeatError(f"the Ray cluster has {free} CPUs free (of {total}); {n} workers of --threads"
+                                f" {threads} need {n * threads}: lower --workers or --threads, or add nodes")
         files = {name: (Path(entry) / name).read_bytes() for name in ("model.onnx", "tokenizer.json", "manifest.json")}
         if kwargs.get("tokenizer"):
             files["custom_tokenizer.json"] = Path(kwargs["tokenizer"]).read_bytes()
