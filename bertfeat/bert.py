@@ -78,8 +78,9 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
         make_executor = _executor_factory(entry, settings, tokenizer, device, threads, batch_tokens, ray, workers,
                                           made)
         try:
+            shard_reads = conn if ray is not None and engine.kind == "mysql" else None
             counts, executor = _stage_messages(engine, stage, source, fields, source != table, make_executor,
-                                               chunk_messages, progress)
+                                               chunk_messages, progress, shard_reads)
         finally:
             for e in made:
                 if hasattr(e, "close"):
@@ -260,9 +261,11 @@ def _model(settings, model_dir):
     return settings, entry, manifest
 
 
-def _stage_messages(engine, stage, source, fields, from_stoks, make_executor, chunk_messages, progress):
+def _stage_messages(engine, stage, source, fields, from_stoks, make_executor, chunk_messages, progress,
+                    shard_reads=None):
     """Stage the vectors of every usable message of `source`, read a chunk at a time in id order;
     returns the counts and the executor (None when every vector was already staged).
+    `shard_reads` (the MySQL connection keywords): Ray workers read the chunks' rows themselves.
 
     A chunk's texts that are neither staged nor in flight go to the executor (inline: computed at
     once; Ray: on actors, several chunks in flight while the next are read); vectors are staged as
@@ -299,19 +302,17 @@ def _stage_messages(engine, stage, source, fields, from_stoks, make_executor, ch
     total, null_ids, batches = engine.by_id(source, fields[0], list(fields), chunk_messages)
     if null_ids:
         skip("NULL message_id", null_ids)
+    chunks = None
+    if shard_reads is not None:  # Ray workers read the rows themselves; here, only where shards start
+        executor = make_executor()
+        if executor.can_read(shard_reads):
+            chunks = executor.read_shards(engine.id_starts(source, fields[0], chunk_messages),
+                                          (engine.db, shard_reads, source, fields, from_stoks))
+    chunks = chunks or _parsed(batches, from_stoks)
     with stage.hold(), Progress("messages", total, enabled=progress) as bar:
-        last_id = object()
-        for rows in batches:
-            batch = []
-            for mid, gid, message in rows:
-                why = ("repeated message_id" if mid == last_id  # rows come in id order: repeats are adjacent
-                       else "NULL group id" if gid is None else "NULL message" if message is None else None)
-                last_id = mid
-                sents = None if why else _sentences(message, from_stoks)
-                if sents is None:
-                    skip(why or "invalid JSON in _stoks")
-                    continue
-                batch.append((mid, gid, sents, _text_hash(sents)))
+        for batch, n_rows, skipped in chunks:
+            for why, n in skipped.items():
+                skip(why, n)
             todo = _reuse_staged(stage, batch, waiting, counts)
             if todo:
                 with engine.released(), stage.released():
@@ -320,7 +321,7 @@ def _stage_messages(engine, stage, source, fields, from_stoks, make_executor, ch
             if executor:
                 collect(wait=executor.pending >= executor.depth)
                 bar.status = executor.status()
-            bar.update(len(rows))
+            bar.update(n_rows)
         while executor and executor.pending:
             collect(wait=True)
     if not counts["messages"]:
@@ -328,6 +329,33 @@ def _stage_messages(engine, stage, source, fields, from_stoks, make_executor, ch
         raise BertfeatError(f"no usable messages in table {source!r} (skipped: {why}):"
                             " no feature table written")
     return counts, executor
+
+
+def _parsed(batches, from_stoks):
+    """(messages [(message_id, group_id, sentences, text hash)], rows read, {why skipped: n}) of
+    each batch of rows (message_id, group_id, message) in id order."""
+    last_id = object()
+    for rows in batches:
+        batch, last_id, skipped = parse_rows(rows, from_stoks, last_id)
+        yield batch, len(rows), skipped
+
+
+def parse_rows(rows, from_stoks, last_id=None):
+    """A chunk's usable messages [(message_id, group_id, sentences, text hash)], the last id
+    seen, and {why skipped: n}; what the driver does with rows it reads, and a Ray worker with
+    the rows of its shard."""
+    batch, skipped = [], {}
+    for mid, gid, message in rows:
+        why = ("repeated message_id" if mid == last_id  # rows come in id order: repeats are adjacent
+               else "NULL group id" if gid is None else "NULL message" if message is None else None)
+        last_id = mid
+        sents = None if why else _sentences(message, from_stoks)
+        if sents is None:
+            why = why or "invalid JSON in _stoks"
+            skipped[why] = skipped.get(why, 0) + 1
+            continue
+        batch.append((mid, gid, sents, _text_hash(sents)))
+    return batch, last_id, skipped
 
 
 def _reuse_staged(stage, batch, waiting, counts):

@@ -33,21 +33,26 @@ def rows(db, conn, table):
 
 
 @pytest.mark.parametrize("precision, engine", [("fp32", "duckdb"), ("int8", "mysql")])
-def test_ray_gives_the_local_table(precision, engine, tiny, tmp_path, request):
+def test_ray_gives_the_local_table(precision, engine, tiny, tmp_path, request, monkeypatch):
     """fp32 within 1e-6 (another batch composition), int8 identical (one window per call either
-    way); the driver reads DuckDB or MariaDB as a local run does."""
+    way). The driver reads a DuckDB file; from MariaDB the workers read their own shards."""
     if engine == "mysql":
         db, conn = request.getfixturevalue("mysql_db")
     else:
         db, conn = "r", {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    import bertfeat.bert
+    parsed = bertfeat.bert._parsed
     bertfeat.import_csv(db, "msgs", MSGS_CSV, progress=False, **conn)
     bertfeat.add_sent_tokenized(db, "msgs", progress=False, **conn)
     kw = dict(bert_model=tiny, bert_layers=[0, 2], precision=precision, model_dir=str(tmp_path / "models"),
               progress=False, bert_keep_msg=True, **conn)
     local = bertfeat.add_bert(db, "msgs", "user_id", stage_dir=str(tmp_path / "local"), **kw)
     expected = {t: rows(db, conn, local[t]) for t in ("table", "message_table")}
+    driver_reads = []
+    monkeypatch.setattr(bertfeat.bert, "_parsed", lambda *a: driver_reads.append(1) or parsed(*a))
     remote = bertfeat.add_bert(db, "msgs", "user_id", stage_dir=str(tmp_path / "ray"), ray="local", workers=2,
                                threads=1, chunk_messages=64, **kw)
+    assert bool(driver_reads) == (engine == "duckdb")  # MariaDB rows went to the workers, not through here
     assert remote["table"] == local["table"] and remote["embedded"] == local["embedded"] > 700
     assert (remote["windows"], remote["tokens"]) == (local["windows"], local["tokens"])
     for t, want in expected.items():

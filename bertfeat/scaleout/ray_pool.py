@@ -24,6 +24,8 @@ from ..models import read_manifest
 
 INSTALL = "pip install 'bertfeat[ray]'"
 IN_FLIGHT_PER_WORKER = 2  # one computing, one queued behind it: an actor never waits for the driver
+SHARDS_KEPT = 2 * IN_FLIGHT_PER_WORKER + 2  # shards an actor keeps read until their texts are embedded
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "")
 
 
 def import_ray():
@@ -75,6 +77,7 @@ class _Worker:
 
     def __init__(self, kwargs):
         self.kwargs, self.embedder, self.entry = kwargs, None, None
+        self.engine, self.shards = None, {}  # shard reads: the MySQL connection, shard -> {hash: sentences}
 
     def _load(self, files):
         from ..embedder import MessageEmbedder
@@ -95,6 +98,33 @@ class _Worker:
             kwargs["tokenizer"] = entry / "custom_tokenizer.json"
         self.entry = str(entry)
         self.embedder = MessageEmbedder(entry, **kwargs)
+
+    def read(self, shard, args):
+        """Read shard k = [lo, hi) of the message table straight from the MySQL server; keep its
+        texts here for embed_shard; return what the driver needs: [(message_id, group_id, (k, text
+        hash), text hash)], rows read, {why skipped: n}."""
+        from ..bert import parse_rows
+        from ..tables.mysql import MySQLEngine
+        k, lo, hi = shard
+        db, conn, source, fields, from_stoks = args
+        if self.engine is None:
+            self.engine = MySQLEngine(db, config_file=conn.get("mysql_config_file"), host=conn.get("mysql_host"),
+                                      port=conn.get("mysql_port"), user=conn.get("mysql_user"))
+        rows = self.engine.rows_between(source, fields[0], list(fields), lo, hi)
+        self.engine.commit()  # a fresh snapshot for the next shard
+        batch, _, skipped = parse_rows(rows, from_stoks)
+        self.shards[k] = {h: sents for _, _, sents, h in batch}
+        while len(self.shards) > SHARDS_KEPT:
+            self.shards.pop(next(iter(self.shards)))
+        return [(mid, gid, (k, h), h) for mid, gid, _, h in batch], len(rows), skipped
+
+    def embed_shard(self, export, messages, shard, args):
+        """embed() of texts of a shard this actor read ([(k, text hash)]); read again if this
+        actor was restarted (or let the shard go) since."""
+        if shard[0] not in self.shards:
+            self.read(shard, args)
+        texts = self.shards.pop(shard[0])
+        return self.embed(export, [texts[h] for _, h in messages])
 
     def embed(self, export, messages):
         """(message vectors, windows run, tokens run, this process's id)."""
@@ -153,12 +183,52 @@ class RayEmbedder:
         """For the progress line: how many workers, and whether Ray had to restart any."""
         return f"{len(self.actors)} Ray workers" + (f", {self.restarts} restarted" if self.restarts else "")
 
-    def submit(self, tag, messages):
+    def _least_loaded(self):
         load = [0] * len(self.actors)
         for _, k in self.calls.values():
             load[k] += 1
-        k = load.index(min(load))
-        self.calls[self.actors[k].embed.remote(self.export, messages)] = (tag, k)
+        return load.index(min(load))
+
+    def submit(self, tag, messages):
+        """Send a chunk's texts (lists of sentences, or (shard, text hash) of a shard an actor read)."""
+        if messages and isinstance(messages[0], tuple):
+            shard = self.shard_of.pop(messages[0][0])
+            k = shard[3]
+            ref = self.actors[k].embed_shard.remote(self.export, messages, shard[:3], self.read_args)
+        else:
+            k = self._least_loaded()
+            ref = self.actors[k].embed.remote(self.export, messages)
+        self.calls[ref] = (tag, k)
+
+    def can_read(self, conn):
+        """Whether the actors can read a MySQL table themselves: not when the server's address
+        is this machine's loopback and the cluster has other nodes (then the driver reads)."""
+        from ..progress import notice
+        host = str(conn.get("mysql_host") or "")
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        if host in LOOPBACK and len(nodes) > 1:
+            notice(f"--ray: the MySQL server is at {host or 'localhost'}, which the other nodes cannot reach:"
+                   " this process reads the rows (give --mysql_host a routable address to let the workers"
+                   " read their own shards)")
+            return False
+        return True
+
+    def read_shards(self, starts, args):
+        """The parsed chunks of the shards that start at `starts`, in order, each read by an actor
+        straight from the server ([(message_id, group_id, (shard, hash), hash)], rows, skipped);
+        up to `depth` reads are in flight ahead of the driver."""
+        self.read_args, self.shard_of = args, {}
+        bounds = list(zip(starts, starts[1:] + [None]))
+        reads = []
+        for k, (lo, hi) in enumerate(bounds + [(None, None)] * self.depth):
+            if k < len(bounds):
+                a = k % len(self.actors)
+                reads.append((k, self.actors[a].read.remote((k, lo, hi), args)))
+                self.shard_of[k] = (k, lo, hi, a)
+            if reads and (len(reads) > self.depth or k >= len(bounds)):
+                done, ref = reads.pop(0)
+                yield self._get(ref)
+                self.shard_of.pop(done, None)  # nothing of it needed inference
 
     def done(self, wait=False):
         """[(tag, vectors)] of the calls that are back; with `wait`, at least one (if any is out)."""

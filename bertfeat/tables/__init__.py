@@ -128,6 +128,25 @@ class Engine:
         rest = f"FROM {self.q(table)} WHERE {mid} IS NOT NULL{where}"
         return total, null_ids, self._in_id_order(select, rest, mid, params, batch_size)
 
+    def id_starts(self, table, id_field, every):
+        """The message ids at which each run of `every` rows (in id order) starts: the shards that
+        Ray workers read themselves (rows_between). One query: the server numbers the rows, and a
+        repeated id never straddles two shards."""
+        mid = self.q(id_field, "column name")
+        rows = self.query(f"SELECT DISTINCT {mid} FROM (SELECT {mid}, ROW_NUMBER() OVER (ORDER BY {mid}) AS rn"
+                          f" FROM {self.q(table)} WHERE {mid} IS NOT NULL) AS numbered"
+                          f" WHERE MOD(rn - 1, {int(every)}) = 0 ORDER BY {mid}")
+        return [r[0] for r in rows]
+
+    def rows_between(self, table, id_field, columns, lo, hi):
+        """The rows with lo <= message id < hi (hi None: no upper bound), in id order."""
+        mid = self.q(id_field, "column name")
+        select = ", ".join(self.q(c, "column name") for c in columns)
+        where, params = f"{mid} >= ?", [lo]
+        if hi is not None:
+            where, params = where + f" AND {mid} < ?", params + [hi]
+        return self.query(f"SELECT {select} FROM {self.q(table)} WHERE {where} ORDER BY {mid}", params)
+
     def _in_id_order(self, select, rest, mid, params, batch_size):
         """Batches of `SELECT select rest` ordered by `mid`: one streamed query."""
         return self.stream(f"SELECT {select} {rest} ORDER BY {mid}", params, batch_size)
