@@ -11,7 +11,7 @@ file another process holds).
 import json
 import time
 
-from .bert import add_bert  # the job itself: its signature is the API's
+from .bert import add_bert, check_ray  # the job itself: its signature is the API's
 from .errors import BertfeatError, param
 from .progress import Progress, notice
 from .tables import CONNECTION_KEYS, check_name, connect
@@ -28,14 +28,19 @@ def import_csv(db, table, csv_path, overwrite=False, messageid_field="message_id
 
 
 def add_sent_tokenized(db, table, message_field="message", messageid_field="message_id",
-                       overwrite=False, progress=None, batch_size=1000, **conn):
+                       overwrite=False, progress=None, batch_size=1000, ray=None, workers=None, **conn):
     """Create `<table>_stoks`: every column of `table`, `message_field` as a JSON array of sentences.
 
     Written into `<table>_stoks__partial` and renamed when complete, so an interrupted run is
     never mistaken for a finished one; a rerun resumes after the last message_id written.
+    `ray` ('local', 'auto' or host:port): batches are split by Ray tasks (`workers` at once),
+    written in id order as here.
     """
     started = time.perf_counter()
     check_name(table, "table name")
+    check_ray(ray, workers)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise BertfeatError(f"{param('--workers')} must be a positive whole number (got {workers!r})")
     out = check_name(f"{table}_stoks", "sentence table name")
     partial = check_name(f"{out}__partial", "sentence table name")
     with connect(db, **conn) as engine, engine.hold():  # let go of a DuckDB file while splitting
@@ -51,10 +56,16 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
         total, null_ids, batches = engine.by_id(table, messageid_field, columns, batch_size, from_id=last)
         if null_ids:
             summary["skipped"]["NULL message_id"] = null_ids
+        msg_index = columns.index(message_field)
+        if ray is not None:
+            from .scaleout.ray_pool import split_on_ray
+            split = split_on_ray(batches, msg_index, ray, workers, engine.released)
+        else:
+            split = _split_here(batches, msg_index, engine.released)
         with Progress("sentences", total, enabled=progress) as bar:
-            for rows in batches:
-                with engine.released():
-                    out_rows = _split_rows(rows, columns.index(message_field), summary["skipped"])
+            for rows, out_rows, skipped in split:
+                for why, n in skipped.items():
+                    summary["skipped"][why] = summary["skipped"].get(why, 0) + n
                 engine.insert_rows(partial, columns, out_rows)
                 engine.commit()
                 summary["read"] += len(rows)
@@ -95,10 +106,19 @@ def _start_partial(engine, table, partial, out, messageid_field, message_field, 
     return last
 
 
-def _split_rows(rows, msg_index, skipped):
-    """The rows with their message as a JSON array of sentences; NULL messages are counted."""
+def _split_here(batches, msg_index, released):
+    """(rows, rows with sentences, skipped) of each batch, split in this process while the
+    engine lets go of a DuckDB file (splitting needs no database: other processes get in)."""
+    for rows in batches:
+        with released():
+            out_rows, skipped = _split_rows(rows, msg_index)
+        yield rows, out_rows, skipped
+
+
+def _split_rows(rows, msg_index):
+    """(the rows with their message as a JSON array of sentences, {"NULL message": n} skipped)."""
     from .text.sentences import split_sentences
-    out = []
+    out, skipped = [], {}
     for row in rows:
         if row[msg_index] is None:
             skipped["NULL message"] = skipped.get("NULL message", 0) + 1
@@ -106,7 +126,7 @@ def _split_rows(rows, msg_index, skipped):
         row = list(row)
         row[msg_index] = json.dumps(split_sentences(row[msg_index]), ensure_ascii=False)
         out.append(row)
-    return out
+    return out, skipped
 
 
 def show_feature_tables(db, **conn):

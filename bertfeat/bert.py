@@ -5,7 +5,6 @@ each chunk finishes, so a killed run resumes where it stopped and memory stays b
 chunk, not the table. The feature table is built from the stage, written under a temporary
 name and renamed, so a half-written table never looks complete.
 """
-import contextlib
 import hashlib
 import json
 import os
@@ -45,13 +44,8 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
     _check_counts({"--batch_tokens": batch_tokens, "--threads": threads, "--chunk_messages": chunk_messages,
                    "--workers": workers})
     check_connection_keywords(conn, add_bert)
-    if ray is not None:
-        from .scaleout.ray_pool import check_reachable, import_ray
-        import_ray()  # not installed, or an address that answers nothing: one line now, before any work
-        check_reachable(ray)
-    elif workers is not None:
-        raise BertfeatError(f"{param('--workers')} is the number of Ray workers: it needs {param('--ray', 'local')}")
-    device = _device(device, settings.precision)
+    check_ray(ray, workers)
+    device = _device(device, settings.precision, here=ray is None)
     correl_field = _one(correl_field)
     check_name(table, "table name")
     check_name(correl_field, "correl field")
@@ -136,6 +130,17 @@ def _table_names(engine, settings, table, source, correl_field, messageid_field,
     return feat_table, msg_table
 
 
+def check_ray(ray, workers):
+    """--ray not installed, an address that answers nothing, --workers without --ray: one line
+    now, before any work."""
+    if ray is not None:
+        from .scaleout.ray_pool import check_reachable, import_ray
+        import_ray()
+        check_reachable(ray)
+    elif workers is not None:
+        raise BertfeatError(f"{param('--workers')} is the number of Ray workers: it needs {param('--ray', 'local')}")
+
+
 def _check_counts(values):
     for flag, value in values.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -143,14 +148,19 @@ def _check_counts(values):
                                 " out for the default")
 
 
-def _device(device, precision):
-    """The device to run on; a missing CUDA provider is an error before any work."""
+def _device(device, precision, here=True):
+    """The device to run on; a missing CUDA provider is an error before any work. With `here`
+    False (--ray), the workers' nodes have the GPUs: the Ray executor places and checks them."""
     from .runtime import resolve_device
     if precision == "int8" and device == "cuda":
         raise BertfeatError(f"{param('--precision', 'int8')} runs on the CPU: use {param('--device', 'cpu')},"
                             " or fp32/fp16 on CUDA")
     if precision == "int8" and device == "auto":
         device = "cpu"  # int8 sessions are CPU sessions
+    if not here:
+        if device not in ("cpu", "cuda", "auto"):
+            raise BertfeatError(f"unknown --device {device!r}: choose cpu, cuda or auto")
+        return device
     device = resolve_device(device)
     if precision == "fp16" and device == "cpu":
         notice(f"{param('--precision', 'fp16')} is meant for {param('--device', 'cuda')}: on the CPU it"
@@ -280,11 +290,10 @@ def _stage_messages(engine, stage, source, fields, from_stoks, make_executor, ch
 
     def collect(wait):
         """Stage what the executor has finished (waiting, without the files, for one if `wait`)."""
-        with contextlib.ExitStack() as files:
-            if wait:  # inference needs neither file: other processes get in meanwhile
-                files.enter_context(engine.released())
-                files.enter_context(stage.released())
-            results = executor.done(wait=wait)
+        results = executor.done(wait=False)
+        if wait and not results:
+            with engine.released(), stage.released():  # inference needs neither file: others get in
+                results = executor.done(wait=True)
         for hashes, vectors in results:
             rows, used = [], []
             for h, vec in zip(hashes, vectors):
@@ -315,9 +324,10 @@ def _stage_messages(engine, stage, source, fields, from_stoks, make_executor, ch
                 skip(why, n)
             todo = _reuse_staged(stage, batch, waiting, counts)
             if todo:
-                with engine.released(), stage.released():
-                    executor = executor or make_executor()  # only when something needs inference
-                    executor.submit(list(todo), list(todo.values()))
+                if executor is None:  # only when something needs inference
+                    with engine.released(), stage.released():
+                        executor = make_executor()
+                executor.submit(list(todo), list(todo.values()))  # runs in done(), or elsewhere
             if executor:
                 collect(wait=executor.pending >= executor.depth)
                 bar.status = executor.status()

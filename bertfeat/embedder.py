@@ -78,24 +78,28 @@ class MessageEmbedder:
 
 
 class InlineExecutor:
-    """The job's local executor: `submit(tag, messages)` computes the chunk's vectors at once, in
-    this process; `done()` hands them back [(tag, vectors)]. scaleout.ray_pool.RayEmbedder is the
-    same interface over Ray actors, with several chunks in flight."""
+    """The job's local executor: `submit(tag, messages)` queues a chunk, `done(wait=True)`
+    computes what is queued, in this process, and hands it back [(tag, vectors)].
+    scaleout.ray_pool.RayEmbedder is the same interface over Ray actors, where the chunks compute
+    elsewhere and several are in flight."""
 
-    depth = 1  # chunks in flight before the job waits for one (here: none ever waits)
+    depth = 1  # chunks queued before the job waits for them (computes them, here)
 
     def __init__(self, embedder):
-        self.embedder, self.encoder, self.results = embedder, embedder.encoder, []
+        self.embedder, self.encoder, self.queued = embedder, embedder.encoder, []
 
     @property
     def pending(self):
-        return len(self.results)
+        return len(self.queued)
 
     def submit(self, tag, messages):
-        self.results.append((tag, self.embedder(messages)))
+        self.queued.append((tag, messages))
 
     def done(self, wait=False):
-        out, self.results = self.results, []
+        if not wait:
+            return []
+        out = [(tag, self.embedder(messages)) for tag, messages in self.queued]
+        self.queued = []
         return out
 
     def status(self):

@@ -73,9 +73,26 @@ def test_ray_errors_are_one_line(tiny, tmp_path):
     with pytest.raises(bertfeat.BertfeatError, match="2 CPUs free .* 3 workers of --threads 1 need 3"):
         bertfeat.add_bert("e", "msgs", "user_id", bert_model=tiny, ray="local", workers=3, threads=1,
                           model_dir=str(tmp_path / "m"), progress=False, **conn)
+    with pytest.raises(bertfeat.BertfeatError, match="one Ray worker per GPU, and the Ray cluster has 0 GPUs"):
+        bertfeat.add_bert("e", "msgs", "user_id", bert_model=tiny, ray="local", device="cuda",
+                          model_dir=str(tmp_path / "m"), progress=False, **conn)
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-m", "bertfeat", "-d", "e", "--db_dir", str(tmp_path), "-t", "msgs", "-c",
                         "user_id", "--add_bert", "--bert_model", tiny, "--model_dir", str(tmp_path / "m"),
                         "--ray", "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot reach a Ray cluster" in r.stderr, r.stderr
+
+
+def test_sentences_on_ray_are_the_local_table(tmp_path):
+    """--add_sent_tokenized --ray: Ray tasks split, the driver writes in id order: the same rows."""
+    conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    bertfeat.import_csv("s", "msgs", MSGS_CSV, progress=False, **conn)
+    local = bertfeat.add_sent_tokenized("s", "msgs", progress=False, **conn)
+    with connect("s", **conn) as engine:
+        want = engine.query('SELECT * FROM "msgs_stoks" ORDER BY message_id')
+    remote = bertfeat.add_sent_tokenized("s", "msgs", overwrite=True, progress=False, batch_size=50, ray="local",
+                                         workers=2, **conn)
+    assert (remote["read"], remote["written"]) == (local["read"], local["written"]) and local["written"] > 700
+    with connect("s", **conn) as engine:
+        assert engine.query('SELECT * FROM "msgs_stoks" ORDER BY message_id') == want

@@ -12,9 +12,10 @@ import os
 import uuid
 
 import duckdb
+import numpy as np
 
 from ..errors import BertfeatError
-from ..tables.duck import HeldFile, insert_columns, waiting_for_lock
+from ..tables.duck import HeldFile, insert_columns, insert_vectors, waiting_for_lock
 from . import ABBR
 
 DUCK_AGG = {"mean": "avg", "median": "median", "max": "max", "min": "min", "sum": "sum",
@@ -102,8 +103,8 @@ class Stage:
                 con.execute("BEGIN")
                 con.execute(f"DELETE FROM {self.table} WHERE message_id IN (SELECT unnest(?))",
                             [[m for m, _, _ in rows]])
-                insert_columns(con, self.table, ["message_id", "text_hash", "vec"],
-                               [(m, h, v.tolist()) for m, h, v in rows])
+                insert_vectors(con, self.table, [m for m, _, _ in rows], [h for _, h, _ in rows],
+                               np.stack([v for _, _, v in rows]))
                 con.execute("COMMIT")
             if groups:
                 insert_columns(con, self.groups, ["message_id", "group_id"], groups)

@@ -155,19 +155,29 @@ class RayEmbedder:
         self.ray = ray
         self.started = _start(ray, address)
         threads = int(threads or 1)
-        free = int(ray.available_resources().get("CPU", 0))  # an actor that cannot be placed would wait forever
-        n = int(workers or max(1, free // threads))
-        if free < n * threads:
+        free = ray.available_resources()  # an actor that cannot be placed would wait forever
+        cpus, gpus = int(free.get("CPU", 0)), int(free.get("GPU", 0))
+        if kwargs.get("device") == "auto":  # the workers' nodes decide: GPUs if the cluster has any free
+            kwargs["device"] = "cuda" if gpus else "cpu"
+        on_gpu = kwargs.get("device") == "cuda"
+        n = int(workers or (gpus if on_gpu else max(1, cpus // threads)))
+        if on_gpu and gpus < max(n, 1):
+            self.close()
+            raise BertfeatError(f"--device cuda runs one Ray worker per GPU, and the Ray cluster has {gpus} GPUs"
+                                f" free{f' for {n} workers' if workers else ''}: add GPU nodes, lower --workers,"
+                                " or use --device cpu")
+        if cpus < n * threads:
             total = int(ray.cluster_resources().get("CPU", 0))
             self.close()
-            raise BertfeatError(f"the Ray cluster has {free} CPUs free (of {total}); {n} workers of --threads"
+            raise BertfeatError(f"the Ray cluster has {cpus} CPUs free (of {total}); {n} workers of --threads"
                                 f" {threads} need {n * threads}: lower --workers or --threads, or add nodes")
         files = {name: (Path(entry) / name).read_bytes() for name in ("model.onnx", "tokenizer.json", "manifest.json")}
         if kwargs.get("tokenizer"):
             files["custom_tokenizer.json"] = Path(kwargs["tokenizer"]).read_bytes()
         kwargs.pop("tokenizer", None)
         self.export = [ray.put(files)]  # held by the driver for the whole run; a list, so actors get the reference
-        actor = ray.remote(num_cpus=threads, max_restarts=3, max_task_retries=3)(_Worker)
+        actor = ray.remote(num_cpus=threads, num_gpus=1 if on_gpu else 0, max_restarts=3,
+                           max_task_retries=3)(_Worker)
         self.actors = [actor.remote({**kwargs, "threads": threads}) for _ in range(n)]
         self.depth = IN_FLIGHT_PER_WORKER * n
         self.calls = {}  # object ref -> (tag, actor index)
@@ -277,3 +287,40 @@ class RayEmbedder:
         self.actors = []
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def _split_task(rows, msg_index):
+    from ..api import _split_rows
+    return _split_rows(rows, msg_index)
+
+
+def split_on_ray(batches, msg_index, address, workers, released):
+    """--add_sent_tokenized --ray: (rows, rows with sentences, skipped) of each batch, in order,
+    split by Ray tasks, `workers` of them at once (default: the cluster's free CPUs); the caller
+    writes them in id order as it does locally. `released()` is held while waiting on Ray."""
+    ray = import_ray()
+    started = _start(ray, address)
+    try:
+        n = int(workers or max(1, int(ray.available_resources().get("CPU", 1))))
+        task = ray.remote(num_cpus=1, max_retries=3)(_split_task)
+        pending = []
+        for rows in batches:
+            pending.append((rows, task.remote(rows, msg_index)))
+            while len(pending) > n:
+                yield _split_result(ray, *pending.pop(0), released)
+        while pending:
+            yield _split_result(ray, *pending.pop(0), released)
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
+
+
+def _split_result(ray, rows, ref, released):
+    with released():
+        try:
+            out_rows, skipped = ray.get(ref)
+        except ray.exceptions.RayError as e:
+            text = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            raise BertfeatError(f"a Ray task failed ({text[:200]}); the rows written so far are kept:"
+                                " run the same command again to resume") from None
+    return rows, out_rows, skipped

@@ -4,8 +4,10 @@ import hashlib
 import os
 import re
 import time
+import uuid
 
 import duckdb
+import numpy as np
 
 from ..errors import BertfeatError
 from ..progress import notice
@@ -246,3 +248,19 @@ def insert_columns(con, quoted_table, quoted_columns, rows):
     select = ", ".join("unnest(?)" for _ in cols)
     con.execute(f"INSERT INTO {quoted_table} ({', '.join(quoted_columns)}) SELECT {select}",
                 [list(c) for c in cols])
+
+
+def insert_vectors(con, quoted_table, message_ids, text_hashes, vectors):
+    """INSERT (message_id, text_hash, vec) rows, `vectors` [n, d]: the vectors go in as one scan
+    of a numpy array DuckDB reads in place (binding 384 floats a row as Python values took ~9x
+    as long: bench/README.md "Scale-out"), the ids and hashes as bound lists."""
+    n, d = vectors.shape
+    name = f"vectors_{uuid.uuid4().hex[:8]}"
+    con.register(name, {"row": np.repeat(np.arange(n), d), "pos": np.tile(np.arange(d), n), "x": vectors.ravel()})
+    try:
+        con.execute(f"INSERT INTO {quoted_table} (message_id, text_hash, vec) SELECT k.m, k.h, v.vec FROM"
+                    " (SELECT unnest(?) AS m, unnest(?) AS h, unnest(range(?)) AS row) k JOIN"
+                    f" (SELECT row, list(x ORDER BY pos) AS vec FROM {name} GROUP BY row) v USING (row)",
+                    [list(message_ids), list(text_hashes), n])
+    finally:
+        con.unregister(name)
