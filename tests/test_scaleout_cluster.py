@@ -93,3 +93,38 @@ def test_two_nodes_a_killed_driver_and_a_killed_actor_give_the_local_table(clust
     [arrived] = list((node_tmp / "bertfeat-ray-models").iterdir())
     for name, sha in files.items():
         assert hashlib.sha256((arrived / name).read_bytes()).hexdigest() == sha
+
+
+def test_an_actor_that_dies_on_every_try_is_one_line(cluster, tmp_path):
+    """Every actor process SIGKILLed as soon as it starts: Ray restarts it (3 times) and retries
+    its calls, then gives up; the run ends with one line and exit 2, not a hang or a traceback."""
+    import threading
+    from tiny_models import make_model
+    address, node_tmp = cluster
+    tiny = str(make_model("bert", tmp_path / "tiny"))
+    conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    bertfeat.import_csv("r", "msgs", MSGS_CSV, progress=False, **conn)
+    child = subprocess.Popen([sys.executable, "-m", "bertfeat", "-d", "r", "--db_dir", str(tmp_path), "-t", "msgs",
+                              "-c", "user_id", "--add_bert", "--bert_model", tiny, "--model_dir",
+                              str(tmp_path / "models"), "--ray", address, "--workers", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed, stop = [], threading.Event()
+
+    def killer():
+        while not stop.is_set():
+            for p in actor_processes(node_tmp):
+                p.kill()
+                killed.append(p.pid)
+            stop.wait(0.05)
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        out, err = child.communicate(timeout=240)
+    finally:
+        stop.set()
+        thread.join()
+    errors = [line for line in err.splitlines() if not line.startswith("bertfeat: ") or "error" in line]
+    assert child.returncode == 2 and len(errors) == 1, err  # the export's notices, then one line
+    assert errors[0].startswith("bertfeat: error: a Ray worker failed (The actor is dead") and \
+        errors[0].endswith("run the same command again to resume"), errors[0]
+    assert len(set(killed)) >= 2  # Ray did restart it before giving up

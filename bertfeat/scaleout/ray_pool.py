@@ -265,6 +265,7 @@ class RayEmbedder:
         except self.ray.exceptions.RayError as e:  # an actor that failed even after Ray's retries
             cause = getattr(e, "cause", None)
             text = str(cause) if cause is not None else (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            text = text.strip().split(". ")[0]  # Ray's first sentence says what happened
             raise BertfeatError(f"a Ray worker failed ({text[:200]}); the vectors staged so far are kept:"
                                 " run the same command again to resume") from None
 
