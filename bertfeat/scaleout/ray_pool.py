@@ -126,11 +126,14 @@ class _Worker:
         texts = self.shards.pop(shard[0])
         return self.embed(export, [texts[h] for _, h in messages])
 
-    def embed(self, export, messages):
-        """(message vectors, windows run, tokens run, this process's id)."""
+    def _ready(self, export):
         if self.embedder is None:
             import ray
             self._load(ray.get(export[0]))
+
+    def embed(self, export, messages):
+        """(message vectors, windows run, tokens run, this process's id)."""
+        self._ready(export)
         enc = self.embedder.encoder
         windows, tokens = enc.windows_run, enc.tokens_run
         vectors = self.embedder(messages)
@@ -138,9 +141,7 @@ class _Worker:
 
     def where(self, export):
         import socket
-        if self.embedder is None:
-            import ray
-            self._load(ray.get(export[0]))
+        self._ready(export)
         return socket.gethostname(), os.getpid(), self.entry
 
 
