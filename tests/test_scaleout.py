@@ -96,3 +96,32 @@ def test_sentences_on_ray_are_the_local_table(tmp_path):
     assert (remote["read"], remote["written"]) == (local["read"], local["written"]) and local["written"] > 700
     with connect("s", **conn) as engine:
         assert engine.query('SELECT * FROM "msgs_stoks" ORDER BY message_id') == want
+
+
+def test_hostile_text_and_text_ids_through_worker_shard_reads(tiny, mysql_db, tmp_path):
+    """Generated hostile messages (SQL-breaking quotes, control characters, emoji, RTL...) with
+    VARCHAR ids made of the same, in MariaDB: the workers' shard reads (ranges of such ids, 40
+    shards) give the message-level table of the driver's own read."""
+    import csv
+    import random
+
+    from test_hostile_text import TOKENS, real_posts
+    db, conn = mysql_db
+    rng = random.Random(13)
+    hostile = ["".join(rng.choice(TOKENS) for _ in range(rng.randint(1, 12))) for _ in range(120)]
+    ids = [f"{k:04d}{rng.choice(TOKENS[:12])}{rng.choice(TOKENS[30:45])}" for k in range(320)]
+    with open(tmp_path / "m.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_NONNUMERIC)
+        w.writerow(["message_id", "user_id", "message"])
+        w.writerows((mid, f"u{k % 9}", m) for k, (mid, m) in enumerate(zip(ids, hostile + real_posts(200, 13))))
+    bertfeat.import_csv(db, "msgs", str(tmp_path / "m.csv"), progress=False, **conn)
+    kw = dict(bert_model=tiny, bert_layers=[0, 2], model_dir=str(tmp_path / "models"), progress=False,
+              bert_keep_msg=True, chunk_messages=8, **conn)
+    local = bertfeat.add_bert(db, "msgs", "user_id", stage_dir=str(tmp_path / "local"), **kw)
+    want = rows(db, conn, local["message_table"])
+    remote = bertfeat.add_bert(db, "msgs", "user_id", stage_dir=str(tmp_path / "ray"), ray="local", workers=2,
+                               **kw)
+    assert (remote["messages"], remote["skipped"]) == (local["messages"], local["skipped"]) and local["messages"] > 250
+    got = rows(db, conn, remote["message_table"])
+    assert got.keys() == want.keys()
+    assert max(abs(got[k] - want[k]) / max(1e-12, abs(want[k])) for k in got) <= 1e-5
