@@ -33,7 +33,7 @@ def rows(db, conn, table):
 
 
 @pytest.mark.parametrize("precision, engine", [("fp32", "duckdb"), ("int8", "mysql")])
-def test_ray_gives_the_local_table(precision, engine, tiny, tmp_path, request, monkeypatch):
+def test_ray_gives_the_local_table(precision, engine, tiny, tmp_path, request, monkeypatch, capsys):
     """fp32 within 1e-6 (another batch composition), int8 identical (one window per call either
     way). The driver reads a DuckDB file; from MariaDB the workers read their own shards."""
     if engine == "mysql":
@@ -50,9 +50,12 @@ def test_ray_gives_the_local_table(precision, engine, tiny, tmp_path, request, m
     expected = {t: rows(db, conn, local[t]) for t in ("table", "message_table")}
     driver_reads = []
     monkeypatch.setattr(bertfeat.bert, "_parsed", lambda *a: driver_reads.append(1) or parsed(*a))
+    capsys.readouterr()
     remote = bertfeat.add_bert(db, "msgs", "user_id", stage_dir=str(tmp_path / "ray"), ray="local", workers=2,
-                               threads=1, chunk_messages=64, **kw)
+                               threads=1, chunk_messages=64, **{**kw, "progress": True})
     assert bool(driver_reads) == (engine == "duckdb")  # MariaDB rows went to the workers, not through here
+    progress = capsys.readouterr().err.split("\r")[-1]
+    assert f"messages: {remote['messages']}/" in progress and "(2 Ray workers)" in progress, progress
     assert remote["table"] == local["table"] and remote["embedded"] == local["embedded"] > 700
     assert (remote["windows"], remote["tokens"]) == (local["windows"], local["tokens"])
     for t, want in expected.items():
