@@ -78,7 +78,7 @@ def test_two_nodes_a_killed_driver_and_a_killed_actor_give_the_local_table(clust
     for line in child.stdout:  # the rerun: one actor process SIGKILLed after its first batch
         if line.startswith("staged") and killed is None:
             actors = actor_processes(node_tmp)
-            assert len(actors) == 2, actors
+            assert actors, "no actor process found on the worker node"
             killed = actors[0]
             killed.kill()
     assert child.wait(timeout=300) == 0 and killed is not None, child.stderr.read()
