@@ -19,8 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from add_bert import DEFAULT_CSV, ROOT, windows_by_group  # noqa: E402
-from profile_ops import batches_of  # noqa: E402
-from runtime import cpu_isa  # noqa: E402
+from runtime import batches_of, cpu_isa  # noqa: E402
 
 
 def export(source, layers, path):

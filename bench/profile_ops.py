@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from add_bert import DEFAULT_CSV, ROOT, windows_by_group  # noqa: E402
-from runtime import cpu_isa, gemm_rate  # noqa: E402
+from runtime import batches_of, cpu_isa, gemm_rate  # noqa: E402
 
 KINDS = [  # (kind, substrings of ORT op types / torch op names), first match wins
     ("GEMM (MatMul, Linear, FusedMatMul)", ("matmul", "gemm", "addmm", "linear", "bmm", "mm")),
@@ -32,17 +32,6 @@ KINDS = [  # (kind, substrings of ORT op types / torch op names), first match wi
 def kind(name):
     low = name.lower()
     return next((k for k, keys in KINDS if any(s in low for s in keys)), "other (add, reshape, copy, ...)")
-
-
-def batches_of(windows, lengths, batches):
-    for batch in batches:
-        width = int(lengths[batch].max())
-        ids = np.zeros((len(batch), width), np.int64)
-        types, mask = np.zeros_like(ids), np.zeros_like(ids)
-        for r, i in enumerate(batch):
-            n = lengths[i]
-            ids[r, :n], types[r, :n], mask[r, :n] = windows[i][0], windows[i][1], 1
-        yield ids, types, mask
 
 
 def ort_profile(enc, windows, lengths, batches, work):

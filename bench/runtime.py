@@ -30,6 +30,19 @@ def flops_per_token(hidden, inter, layers, mean_len):
     return layers * 2 * (4 * hidden * hidden + 2 * hidden * inter + 2 * mean_len * hidden)
 
 
+def batches_of(windows, lengths, batches):
+    """(ids, token types, attention mask) of each batch of window indices, right-padded."""
+    import numpy as np
+    for batch in batches:
+        width = int(lengths[batch].max())
+        ids = np.zeros((len(batch), width), np.int64)
+        types, mask = np.zeros_like(ids), np.zeros_like(ids)
+        for r, i in enumerate(batch):
+            n = lengths[i]
+            ids[r, :n], types[r, :n], mask[r, :n] = windows[i][0], windows[i][1], 1
+        yield ids, types, mask
+
+
 def cpu_isa():
     """The CPU's name and the instruction sets ONNX Runtime's int8 kernels choose between
     (MLAS dispatches on them at run time: AVX2 u8s8, AVX-512 BW, AVX-512/AVX VNNI, AMX)."""
@@ -109,13 +122,7 @@ def part(args):
         padded = 0
         t = time.perf_counter()
         with torch.no_grad():
-            for batch in batches:
-                width = int(lengths[batch].max())
-                ids = np.zeros((len(batch), width), np.int64)
-                types, mask = np.zeros_like(ids), np.zeros_like(ids)
-                for r, i in enumerate(batch):
-                    n = lengths[i]
-                    ids[r, :n], types[r, :n], mask[r, :n] = windows[i][0], windows[i][1], 1
+            for ids, types, mask in batches_of(windows, lengths, batches):
                 out = model(input_ids=torch.from_numpy(ids).to(args.device),
                             token_type_ids=torch.from_numpy(types).to(args.device),
                             attention_mask=torch.from_numpy(mask).to(args.device), output_hidden_states=True)
