@@ -39,8 +39,6 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
     started = time.perf_counter()
     check_name(table, "table name")
     check_ray(ray, workers)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise BertfeatError(f"{param('--workers')} must be a positive whole number (got {workers!r})")
     out = check_name(f"{table}_stoks", "sentence table name")
     partial = check_name(f"{out}__partial", "sentence table name")
     with connect(db, **conn) as engine, engine.hold():  # let go of a DuckDB file while splitting

@@ -41,8 +41,7 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
     settings = BertSettings.from_flags(bert_model, bert_layers, bert_layer_aggregation, bert_word_aggregation,
                                        bert_msg_aggregation, bert_no_context, precision, dlatk_compat,
                                        bert_tokenizer_model)
-    _check_counts({"--batch_tokens": batch_tokens, "--threads": threads, "--chunk_messages": chunk_messages,
-                   "--workers": workers})
+    _check_counts({"--batch_tokens": batch_tokens, "--threads": threads, "--chunk_messages": chunk_messages})
     check_connection_keywords(conn, add_bert)
     check_ray(ray, workers)
     device = _device(device, settings.precision, here=ray is None)
@@ -131,8 +130,9 @@ def _table_names(engine, settings, table, source, correl_field, messageid_field,
 
 
 def check_ray(ray, workers):
-    """--ray not installed, an address that answers nothing, --workers without --ray: one line
-    now, before any work."""
+    """--ray not installed, an address that answers nothing, --workers without --ray or not a
+    positive whole number: one line now, before any work."""
+    _check_counts({"--workers": workers})
     if ray is not None:
         from .scaleout.ray_pool import check_reachable, import_ray
         import_ray()

@@ -203,9 +203,8 @@ class RayEmbedder:
     def submit(self, tag, messages):
         """Send a chunk's texts (lists of sentences, or (shard, text hash) of a shard an actor read)."""
         if messages and isinstance(messages[0], tuple):
-            shard = self.shard_of.pop(messages[0][0])
-            k = shard[3]
-            ref = self.actors[k].embed_shard.remote(self.export, messages, shard[:3], self.read_args)
+            shard, k = self.shard_of.pop(messages[0][0])
+            ref = self.actors[k].embed_shard.remote(self.export, messages, shard, self.read_args)
         else:
             k = self._least_loaded()
             ref = self.actors[k].embed.remote(self.export, messages)
@@ -228,18 +227,21 @@ class RayEmbedder:
         """The parsed chunks of the shards that start at `starts`, in order, each read by an actor
         straight from the server ([(message_id, group_id, (shard, hash), hash)], rows, skipped);
         up to `depth` reads are in flight ahead of the driver."""
-        self.read_args, self.shard_of = args, {}
-        bounds = list(zip(starts, starts[1:] + [None]))
+        self.read_args, self.shard_of = args, {}  # shard number -> ((k, lo, hi), the actor that read it)
         reads = []
-        for k, (lo, hi) in enumerate(bounds + [(None, None)] * self.depth):
-            if k < len(bounds):
-                a = k % len(self.actors)
-                reads.append((k, self.actors[a].read.remote((k, lo, hi), args)))
-                self.shard_of[k] = (k, lo, hi, a)
-            if reads and (len(reads) > self.depth or k >= len(bounds)):
-                done, ref = reads.pop(0)
-                yield self._get(ref)
-                self.shard_of.pop(done, None)  # nothing of it needed inference
+
+        def oldest():
+            k, ref = reads.pop(0)
+            yield _get(self.ray, ref)
+            self.shard_of.pop(k, None)  # nothing of it needed inference
+        for k, (lo, hi) in enumerate(zip(starts, starts[1:] + [None])):
+            a = k % len(self.actors)
+            self.shard_of[k] = ((k, lo, hi), a)
+            reads.append((k, self.actors[a].read.remote((k, lo, hi), args)))
+            if len(reads) > self.depth:
+                yield from oldest()
+        while reads:
+            yield from oldest()
 
     def done(self, wait=False):
         """[(tag, vectors)] of the calls that are back; with `wait`, at least one (if any is out)."""
@@ -252,23 +254,13 @@ class RayEmbedder:
         out = []
         for ref in ready:
             tag, k = self.calls.pop(ref)
-            vectors, windows, tokens, pid = self._get(ref)
+            vectors, windows, tokens, pid = _get(self.ray, ref)
             if self.pids.setdefault(k, pid) != pid:
                 self.pids[k], self.restarts = pid, self.restarts + 1
             self.encoder.windows_run += windows
             self.encoder.tokens_run += tokens
             out.append((tag, vectors))
         return out
-
-    def _get(self, ref):
-        try:
-            return self.ray.get(ref)
-        except self.ray.exceptions.RayError as e:  # an actor that failed even after Ray's retries
-            cause = getattr(e, "cause", None)
-            text = str(cause) if cause is not None else (str(e).strip().splitlines() or [type(e).__name__])[-1]
-            text = text.strip().split(". ")[0]  # Ray's first sentence says what happened
-            raise BertfeatError(f"a Ray worker failed ({text[:200]}); the vectors staged so far are kept:"
-                                " run the same command again to resume") from None
 
     def __call__(self, messages):
         size = -(-len(messages) // len(self.actors))
@@ -289,6 +281,18 @@ class RayEmbedder:
         self.actors = []
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def _get(ray, ref, kept="the vectors staged so far"):
+    """ray.get, a failure that outlived Ray's retries as one line (Ray's first sentence)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as e:
+        cause = getattr(e, "cause", None)
+        text = str(cause) if cause is not None else (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        text = text.strip().split(". ")[0]
+        raise BertfeatError(f"a Ray worker failed ({text[:200]}); {kept} are kept: run the same command"
+                            " again to resume") from None
 
 
 def _split_task(rows, msg_index):
@@ -319,10 +323,5 @@ def split_on_ray(batches, msg_index, address, workers, released):
 
 def _split_result(ray, rows, ref, released):
     with released():
-        try:
-            out_rows, skipped = ray.get(ref)
-        except ray.exceptions.RayError as e:
-            text = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-            raise BertfeatError(f"a Ray task failed ({text[:200]}); the rows written so far are kept:"
-                                " run the same command again to resume") from None
+        out_rows, skipped = _get(ray, ref, kept="the rows written so far")
     return rows, out_rows, skipped
