@@ -107,7 +107,7 @@ class _Worker:
         from ..tables.mysql import MySQLEngine
         k, lo, hi = shard
         db, conn, source, fields, from_stoks = args
-        if self.engine is None:
+        if self.engine is None:  # not tables.connect: its drop_stale_temps would judge the driver's temps from here
             self.engine = MySQLEngine(db, config_file=conn.get("mysql_config_file"), host=conn.get("mysql_host"),
                                       port=conn.get("mysql_port"), user=conn.get("mysql_user"))
         rows = self.engine.rows_between(source, fields[0], list(fields), lo, hi)
