@@ -28,16 +28,18 @@ from add_bert import DEFAULT_CSV, MODEL, windows_by_group  # noqa: E402
 from runtime import cpu_isa  # noqa: E402
 
 
-def per_token_int8(src, dst, skip=()):
+def per_token_int8(src, dst, skip=(), fused=False):
     """Write `dst`: `src` with each MatMul/Attention weight in s8 per channel and its input
-    quantized per token (Abs, ReduceMax, Div, Round, +128, Cast u8 -> MatMulInteger -> scales)."""
+    quantized per token (Abs, ReduceMax, Div, Round, +128, Cast u8 -> MatMulInteger -> scales).
+    `fused`: fewer, fused ops for the same arithmetic: x / max|x| -> QuantizeLinear(1/127, 128)
+    -> MatMulIntegerToFloat (integer GEMM, scales applied in its epilogue) -> Mul by max|x|."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     model = onnx.load(str(src))
     graph = model.graph
     weights = {i.name: i for i in graph.initializer}
     consts = {"pt_eps": np.float32(1e-8), "pt_127": np.float32(127), "pt_128": np.float32(128),
-              "pt_zp": np.uint8(128)}
+              "pt_zp": np.uint8(128), "pt_inv127": np.float32(1 / 127), "pt_wzp": np.int8(0)}
     inits = [numpy_helper.from_array(np.array(v), k) for k, v in consts.items()]
     nodes, count = [], [0]
 
@@ -52,6 +54,15 @@ def per_token_int8(src, dst, skip=()):
         inits.append(numpy_helper.from_array(np.clip(np.round(w / w_scale), -127, 127).astype(np.int8), wq))
         inits.append(numpy_helper.from_array(w_scale.astype(np.float32), ws))
         a, m, me, s, d, r, ru, q, y, yf, y1 = (name(k) for k in "a m me s d r ru q y yf y1".split())
+        if fused:
+            return [helper.make_node("Abs", [x], [a]),
+                    helper.make_node("ReduceMax", [a], [m], axes=[-1], keepdims=1),
+                    helper.make_node("Max", [m, "pt_eps"], [me]),
+                    helper.make_node("Div", [x, me], [d]),
+                    helper.make_node("QuantizeLinear", [d, "pt_inv127", "pt_zp"], [q]),
+                    helper.make_node("MatMulIntegerToFloat", [q, wq, "pt_inv127", ws, "pt_zp", "pt_wzp"], [y1],
+                                     domain="com.microsoft"),
+                    helper.make_node("Mul", [y1, me], [out])]
         return [helper.make_node("Abs", [x], [a]),
                 helper.make_node("ReduceMax", [a], [m], axes=[-1], keepdims=1),
                 helper.make_node("Max", [m, "pt_eps"], [me]),
@@ -132,10 +143,14 @@ def main():
     smoothed = smooth_activations(src, work / "smoothed.onnx",
                                   agreement_feeds(fp32 / "tokenizer.json", manifest["inputs"], manifest["depth"],
                                                   manifest["max_positions"]), alpha=0.75, skip=keep)
-    for label, source, skip in (("per-token, all quantized", src, ()),
-                                ("per-token, FFN outputs fp32", src, keep),
-                                ("per-token, smooth 0.75 + FFN outputs fp32", smoothed, keep)):
-        per_token_int8(source, work / "pt.onnx", skip)
+    for label, source, skip, fused in (
+            ("per-token, all quantized", src, (), False),
+            ("per-token, FFN outputs fp32", src, keep, False),
+            ("per-token, smooth 0.75 + FFN outputs fp32", smoothed, keep, False),
+            ("per-token fused ops, all quantized", src, (), True),
+            ("per-token fused ops, smooth 0.75, all quantized", smoothed, (), True),
+            ("per-token fused ops, smooth 0.75 + FFN outputs fp32", smoothed, keep, True)):
+        per_token_int8(source, work / "pt.onnx", skip, fused)
         rows.append((label, "batched", entry_with(fp32, work / "pt.onnx", work / f"e{len(rows)}")))
     base = None
     for label, calls, entry in rows:

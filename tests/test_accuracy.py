@@ -3,6 +3,7 @@ independence), and prediction from its fp32 features. First in the suite on purp
 features are the longest setup, and pytest-xdist hands out files in name order."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 import bertfeat
 from bertfeat.models import MIN_COSINE, read_manifest, usable_layers
 from bertfeat.exporter import locate
-from bertfeat.runtime import Encoder
+from bertfeat.runtime import Encoder, int8_dot_is_exact
 from bertfeat.predict import RIDGE_ALPHAS, nfold_test
 from bertfeat.tables import connect
 from test_predict import KEYS
@@ -80,6 +81,23 @@ def test_unknown_precision_is_refused(msgs100u_features):
                           model_dir=msgs100u_features["model_dir"], **msgs100u_features["conn"])
 
 
+def test_an_int8_export_with_8bit_weights_is_refused_where_int8_sums_can_saturate(msgs100u_features, tmp_path,
+                                                                                   monkeypatch):
+    """8-bit weights are only made on CPUs with VNNI or AMX; such an export copied to a CPU without
+    them (AVX2) would lose accuracy silently, so it is one line. The CPU's flags are the one thing
+    faked here (no such CPU at hand)."""
+    from bertfeat import runtime
+    entry = tmp_path / "entry"
+    shutil.copytree(locate(MODEL, 5, "int8", msgs100u_features["model_dir"]), entry)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    (entry / "manifest.json").write_text(json.dumps({**manifest, "needs_int8_dot": True}))
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.raises(bertfeat.BertfeatError, match="made for a CPU with VNNI or AMX; this CPU has neither"):
+        Encoder(entry)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    assert Encoder(entry).per_window
+
+
 def real_windows(encoder, n=400):
     """SPEC §3 windows of msgs100u's posts, an even sample of n."""
     import csv
@@ -108,6 +126,10 @@ def test_int8_every_layer_is_refused_or_agrees_on_real_text(msgs100u_features, t
         b = np.stack([g[k].mean(0) for g in got])
         worst[k] = float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
     assert all(worst[k] >= MIN_COSINE for k in usable), (worst, usable)
+    if int8_dot_is_exact():  # VNNI / AMX: the per-token recipe (8-bit weights) holds on every layer
+        assert usable == layers, int8.manifest["recipes_tried"]
+    if not int8.per_window:  # the per-token recipe batches: a window alone = in its batch, bitwise
+        assert all(np.array_equal(int8.run([windows[i]], layers)[0], got[i]) for i in (0, 199, 399))
     if usable != layers:  # a refused layer is a one-line error naming it, before any inference
         weak = next(k for k in layers if k not in usable)
         with pytest.raises(bertfeat.BertfeatError, match=f"layer {weak} 0\\.9.*precision='fp32'"):

@@ -260,6 +260,33 @@ def test_int8_agrees_on_every_layer_of_each_family(family, tiny, tmp_path):
     assert usable_layers(int8.manifest) == [0, 1, 2]
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_int8_per_token_recipe_agrees_and_batches_on_each_family(family, tiny, tmp_path):
+    """The int8 recipe used where per-window int8 misses a layer (exporter/int8.py), built here
+    for each family with the weights every CPU can run (7-bit): every layer agrees with fp32 on
+    real windows, and a window's vectors are bitwise the same alone and in a batch."""
+    from bertfeat.exporter import agreement_feeds, int8
+    from bertfeat.models import MIN_COSINE
+    from test_accuracy import real_windows
+    fp32 = Encoder(locate(tiny[family], 3, "fp32", str(tmp_path)))
+    folder = tmp_path / "per_token"
+    folder.mkdir()
+    shutil.copy(fp32.entry / "tokenizer.json", folder)
+    m = read_manifest(fp32.entry)
+    (folder / "manifest.json").write_text(json.dumps({**m, "precision": "int8", "per_window": False}))
+    int8.per_token(fp32.entry / "model.onnx", folder / "model.onnx",
+                   agreement_feeds(folder / "tokenizer.json", m["inputs"], 3, m["max_positions"]), weight_bits=7)
+    enc = Encoder(folder)
+    windows = real_windows(fp32, 150)
+    ref, got = fp32.run(windows, [0, 1, 2]), enc.run(windows, [0, 1, 2])
+    for k in range(3):
+        a = np.stack([r[k].mean(0) for r in ref])
+        b = np.stack([g[k].mean(0) for g in got])
+        worst = ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min()
+        assert worst >= MIN_COSINE, (family, k, worst)
+    assert all(np.array_equal(enc.run([windows[i]], [0, 2])[0], got[i][[0, 2]]) for i in (0, 70, 149))
+
+
 def test_a_local_folder_is_hashed_once_until_it_changes(tiny, tmp_path, monkeypatch):
     from bertfeat import models
     folder = tmp_path / "local"

@@ -9,6 +9,7 @@ Each export is validated against the PyTorch model on real sentences before it e
 """
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -25,6 +26,9 @@ from ..models import (FAMILIES, MANIFEST, MIN_COSINE, OFFLINE_PACKAGES, OPSET, c
                       model_dir, read_manifest, safe_dir_name)
 from ..models import locate as _locate
 from ..progress import notice
+from ..runtime import int8_dot_is_exact
+from . import int8
+from .int8 import ffn_output_matmuls, smooth_activations  # noqa: F401 (bench scripts use them)
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model",
                    "tokenizer.model")
@@ -308,150 +312,35 @@ def _best_graph(tmp, batch, reference, config, name):
     return chosen, err, optimizations
 
 
-SMOOTH_ALPHA = 0.75  # scale migration strength for int8 (bench/int8_layers.py)
+def int8_recipes():
+    """(cache-key label, convert(fp32 model.onnx, target, calibration feeds), runs one window per
+    call, manifest extras) of the int8 recipes (exporter/int8.py), tried in this order at export:
+    the per-window one is kept when it agrees with fp32 on every layer of the export, else the
+    per-token one (batched, finer scales, slower), with 8-bit weights where this CPU's int8 sums
+    cannot saturate."""
+    exact = int8_dot_is_exact()
+    bits = 8 if exact else 7
+    return [(f"dynamic-int8-per-window-7bit-weights-smoothquant{int8.SMOOTH_ALPHA}-ffn-output-fp32-agreement2",
+             int8.per_window, True, {}),
+            (f"int8-per-token-{bits}bit-weights-smoothquant{int8.SMOOTH_ALPHA}-ffn-output-fp32",
+             functools.partial(int8.per_token, weight_bits=bits), False, {"needs_int8_dot": exact})]
 
 
 def export_int8(name, depth=None, root=None, force=False):
-    """int8 from the fp32 export: per-channel int8 weights, activations quantized per window,
-    after SmoothQuant-style scale migration; the FFN output projections stay fp32.
-
-    ONNX Runtime's dynamic quantization takes one activation scale per input tensor; the
-    runtime feeds int8 sessions one window at a time (no padding, no batch-mates), so that
-    scale depends on the window alone and a message's vector never depends on its batch.
-    One scale per tensor is what loses accuracy: the LayerNorm outputs that feed attention and
-    the FFN have a few outlier channels, and the GELU output that feeds the FFN's second MatMul
-    more. So the outlier channels are first shrunk into the weights (`smooth_activations`, alpha
-    0.75, calibrated on the agreement windows) and the FFN output MatMuls are not quantized
-    (`ffn_output_matmuls`). Weights are 7-bit (reduce_range): without VNNI, u8 x s8 pair sums
-    saturate 16 bits with 8-bit weights (all-MiniLM-L6-v2's layer 4 on an AVX2 host: 0.9932 with
-    8 bits, 0.9964 with 7; bench/README.md). Agreement is measured per layer at export on the
-    user's machine (AGREEMENT_TEXT and SHORT_TEXT windows), recorded, and gated
+    """int8 from the fp32 export (recipes in exporter/int8.py): per-channel weights after
+    SmoothQuant-style scale migration, the FFN output projections in fp32, and activations
+    quantized per window (one window per call: fast) or, when that does not agree with fp32 on
+    every layer of this export on this machine, per token (batched). Agreement is measured per
+    layer at export (AGREEMENT_TEXT and SHORT_TEXT windows), recorded, and gated
     (models.usable_layers)."""
-    def convert(fp32_model, target):
-        import logging
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        keep = ffn_output_matmuls(fp32_model)
-        manifest = read_manifest(fp32_model.parent)
-        smoothed = smooth_activations(
-            fp32_model, target.parent / "smoothed.onnx",
-            agreement_feeds(fp32_model.parent / "tokenizer.json", manifest["inputs"], manifest["depth"],
-                            manifest["max_positions"]),
-            alpha=SMOOTH_ALPHA, skip=keep)
-        root_logger = logging.getLogger()
-        level = root_logger.level
-        root_logger.setLevel(logging.ERROR)  # quantize_dynamic's advice goes to the root logger
-        try:
-            quantize_dynamic(str(smoothed), str(target), per_channel=True, reduce_range=True,
-                             weight_type=QuantType.QInt8, nodes_to_exclude=keep,
-                             extra_options={"DefaultTensorType": 1})  # 1 = FLOAT, for fused ops
-        finally:
-            root_logger.setLevel(level)
-        smoothed.unlink()
-        for leftover in target.parent.glob("*-inferred.onnx"):
-            leftover.unlink()
-    return _derive(name, "int8", depth, root, force, convert,
-                   f"dynamic-int8-per-channel-7bit-weights-smoothquant{SMOOTH_ALPHA}-ffn-output-fp32-agreement2",
-                   per_window=True)
-
-
-def ffn_output_matmuls(model_path):
-    """Names of the MatMuls that read a GELU's output (each block's FFN output projection).
-
-    Their input has the activation outliers that per-window int8 scales handle worst: kept in
-    fp32 they lift all-MiniLM-L6-v2's int8 window cosine to fp32 on msgs100u from 0.9925 to
-    0.9960 at layer 4 (bench/int8_layers.py, bench/README.md)."""
-    import onnx
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    producer = {out: node for node in graph.node for out in node.output}
-    gelu = {"Gelu", "FastGelu", "BiasGelu", "Erf", "Tanh"}
-    stop = {"MatMul", "Attention", "LayerNormalization", "SkipLayerNormalization", "Gemm"}
-
-    def reads_gelu(name, hops=4):
-        node = producer.get(name)
-        if node is None or node.op_type in stop or hops == 0:
-            return False
-        return node.op_type in gelu or any(reads_gelu(i, hops - 1) for i in node.input)
-    return [n.name for n in graph.node if n.op_type == "MatMul" and reads_gelu(n.input[0])]
-
-
-def _activation_max(src, acts, feeds):
-    """Per channel, max |x| of each named activation over `feeds`, run by the fp32 graph."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
-    probe = onnx.load(str(src))
-    known = {o.name for o in probe.graph.output}
-    for name in acts:
-        if name not in known:
-            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    amax = {a: None for a in acts}
-    inputs = {i.name for i in sess.get_inputs()}
-    for feed in feeds:
-        outs = sess.run(acts, {k: v for k, v in feed.items() if k in inputs})
-        for a, x in zip(acts, outs):
-            m = np.abs(x).reshape(-1, x.shape[-1]).max(0)
-            amax[a] = m if amax[a] is None else np.maximum(amax[a], m)
-    return amax
-
-
-def _sort_smoothing_muls(graph):
-    """Keep the graph topologically sorted: each inserted Mul right before its first user."""
-    order, placed = [], set()
-    muls = {n.output[0]: n for n in graph.node if n.name.endswith("_smooth") and n.op_type == "Mul"}
-    for n in list(graph.node):
-        if n.output[0] in muls and n.name.endswith("_smooth"):
-            continue
-        for i in n.input:
-            if i in muls and i not in placed:
-                order.append(muls[i])
-                placed.add(i)
-        order.append(n)
-    del graph.node[:]
-    graph.node.extend(order)
-
-
-def smooth_activations(src, target, feeds, alpha=0.5, skip=(), alphas=None):
-    """SmoothQuant-style scale migration, written as `target`: for each MatMul / Attention with a
-    weight matrix W (rows = input channels), activation channel j is divided by
-    s_j = max|x_j|^alpha / max|W_j|^(1-alpha) (a Mul inserted before the op) and W's row j is
-    multiplied by it. The product is unchanged (up to rounding); the activation's outlier
-    channels shrink, so one per-tensor int8 scale fits it better. max|x_j| is calibrated on
-    `feeds` (a list of input dicts) with the fp32 graph. Nodes named in `skip` are left alone."""
-    import onnx
-    from onnx import helper, numpy_helper
-    model = onnx.load(str(src))
-    graph = model.graph
-    weights = {i.name: i for i in graph.initializer}
-    uses = {}
-    for n in graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    # a weight shared by several ops (ALBERT shares its blocks) would need one scale for all of
-    # their activations: such ops are left as they are
-    targets = [n for n in graph.node if n.op_type in ("MatMul", "Attention") and n.name not in skip
-               and len(n.input) > 1 and n.input[1] in weights and len(weights[n.input[1]].dims) == 2
-               and uses[n.input[1]] == 1]
-    if not targets:
-        onnx.save(model, str(target))
-        return target
-    acts = sorted({n.input[0] for n in targets})
-    amax = _activation_max(src, acts, feeds)
-    for a in acts:
-        users = [n for n in targets if n.input[0] == a]
-        w_max = np.max([np.abs(numpy_helper.to_array(weights[n.input[1]])).max(1) for n in users], axis=0)
-        al = (alphas or {}).get(users[0].name, alpha)
-        scale = np.clip(amax[a] ** al / np.maximum(w_max, 1e-8) ** (1 - al), 1e-5, None).astype(np.float32)
-        inv = numpy_helper.from_array((1.0 / scale).astype(np.float32), name=f"{a}_smooth_inv")
-        graph.initializer.append(inv)
-        graph.node.append(helper.make_node("Mul", [a, inv.name], [f"{a}_smoothed"], name=f"{a}_smooth"))
-        for n in users:
-            w = numpy_helper.to_array(weights[n.input[1]]) * scale[:, None]
-            weights[n.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32), n.input[1]))
-            n.input[0] = f"{a}_smoothed"
-    _sort_smoothing_muls(graph)
-    onnx.save(model, str(target))
-    return target
+    def calibrated(convert):
+        def run(fp32_model, target):
+            m = read_manifest(fp32_model.parent)
+            convert(fp32_model, target, agreement_feeds(fp32_model.parent / "tokenizer.json", m["inputs"],
+                                                        m["depth"], m["max_positions"]))
+        return run
+    recipes = [(label, calibrated(convert), per_window, extra) for label, convert, per_window, extra in int8_recipes()]
+    return _derive(name, "int8", depth, root, force, recipes)
 
 
 def agreement_feeds(tokenizer_path, input_names, depth, max_positions=512):
@@ -486,32 +375,53 @@ def export_fp16(name, depth=None, root=None, force=False):
         model = OnnxModel(onnx.load(str(fp32_model)))
         model.convert_float_to_float16(keep_io_types=True)
         model.save_model_to_file(str(target))
-    return _derive(name, "fp16", depth, root, force, convert, "fp16")
+    return _derive(name, "fp16", depth, root, force, [("fp16", convert, False, {})])
 
 
-def _derive(name, precision, depth, root, force, convert, optimization, per_window=False):
-    """A reduced-precision cache entry made by `convert(fp32 model.onnx, target)` from the fp32
-    export. Its agreement with fp32 is measured per layer on this machine (window cosine, see
-    `_agreement`) and recorded; runs asking for a layer below MIN_COSINE are refused (bert.py),
-    and an export whose first layer is already below it is not kept."""
+def _derive(name, precision, depth, root, force, recipes):
+    """A reduced-precision cache entry made from the fp32 export by the first of `recipes`
+    ((label, convert(fp32 model.onnx, target), runs one window per call, manifest extras)) that agrees with fp32
+    on every layer, else by the one that agrees on the most layers. Agreement is measured per
+    layer on this machine (window cosine, see `_agreement`) and recorded; runs asking for a
+    layer below MIN_COSINE are refused (bert.py), and an export whose first layer is already
+    below it is not kept."""
     fp32_entry = export(name, "fp32", depth, root, force)
     fp32 = read_manifest(fp32_entry)
     src = fp32["source"] if os.path.isdir(fp32["source"]) else resolve_source(name)
-    # the recipe is part of the key: a changed quantization never reuses an old entry
-    final = fp32_entry.parent / fingerprint(src, fp32["depth"], f"{precision}:{optimization}", root)
+    # the recipes are part of the key: a changed quantization never reuses an old entry
+    final = fp32_entry.parent / fingerprint(src, fp32["depth"], f"{precision}:{'|'.join(r[0] for r in recipes)}",
+                                            root)
 
     def build(tmp):
-        convert(fp32_entry / "model.onnx", tmp / "model.onnx")
-        shutil.copy(fp32_entry / "tokenizer.json", tmp / "tokenizer.json")
-        per_layer, provider = _agreement(fp32_entry, tmp / "model.onnx", fp32, precision)
+        tried = {}
+        for label, convert, per_window, extra in recipes:
+            (tmp / label).mkdir()
+            convert(fp32_entry / "model.onnx", tmp / label / "model.onnx")
+            per_layer, provider = _agreement(fp32_entry, tmp / label / "model.onnx", fp32, precision)
+            tried[label] = (per_layer, provider, per_window, extra)
+            if min(per_layer) >= MIN_COSINE:
+                break
+        label = max(tried, key=lambda k: (sum(c >= MIN_COSINE for c in tried[k][0]), min(tried[k][0])))
+        per_layer, provider, per_window, extra = tried[label]
+        if len(tried) > 1:
+            first = next(iter(tried))
+            weak = ", ".join(f"L{k} {c:.4f}" for k, c in enumerate(tried[first][0]) if c < MIN_COSINE)
+            notice(f"{precision} recipe {first.split('-smooth')[0]} agrees with fp32 below {MIN_COSINE} here on"
+                   f" {weak}; " + (f"using {label.split('-smooth')[0]} instead (min {min(per_layer):.4f})"
+                                   if label != first else "no other recipe does better"))
         if per_layer[0] < MIN_COSINE:
             raise BertfeatError(f"{precision} export of {name} agrees with fp32 only to cosine"
                                 f" {per_layer[0]:.4f} on its first layer (< {MIN_COSINE}); use"
                                 " --precision fp32 for this model")
+        os.replace(tmp / label / "model.onnx", tmp / "model.onnx")
+        for folder in tried:
+            shutil.rmtree(tmp / folder)
+        shutil.copy(fp32_entry / "tokenizer.json", tmp / "tokenizer.json")
         return {**fp32, "fingerprint": final.name, "precision": precision, "per_window": per_window,
-                "optimizations": fp32["optimizations"] + [optimization],
+                "optimizations": fp32["optimizations"] + [label],
                 "fp32_min_window_cosine": min(per_layer), "fp32_layer_cosine": per_layer,
-                "min_cosine": MIN_COSINE, "agreement_provider": provider}
+                "recipes_tried": {k: v[0] for k, v in tried.items()},
+                "min_cosine": MIN_COSINE, "agreement_provider": provider, **extra}
 
     return _cache_entry(final, force, build)
 

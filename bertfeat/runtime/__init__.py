@@ -33,6 +33,25 @@ def physical_cores():
         return os.cpu_count() or 1
 
 
+def cpu_flags():
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def int8_dot_is_exact():
+    """Whether ONNX Runtime's u8 x s8 GEMM sums products in 32 bits on this CPU (VNNI or AMX).
+    Without them (AVX2, AVX-512 without VNNI) it adds products in pairs into 16 bits, which
+    8-bit weights can saturate, so int8 exports made for such CPUs use 7-bit weights."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 class CorruptedEntry(BertfeatError):
     """An export cache entry that ONNX Runtime cannot load."""
 
@@ -80,6 +99,11 @@ class Encoder:
                                 f"{f' (it is built for CUDA {built})' if built else ''}: driver, CUDA or"
                                 " cuDNN libraries missing or of another major version? 'bertfeat[gpu]' is"
                                 " for CUDA 12, 'bertfeat[gpu-cu13]' for CUDA 13; or use --device cpu")
+        if self.manifest.get("needs_int8_dot") and not int8_dot_is_exact():
+            raise BertfeatError(f"{entry} is an int8 export with 8-bit weights, made for a CPU with VNNI"
+                                " or AMX; this CPU has neither (its int8 sums can saturate): export int8"
+                                " on this machine (bertfeat --export_model NAME --precision int8) or use"
+                                " --precision fp32")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.pad_id = int(self.manifest.get("pad_id") or 0)
         self.windows_run = 0

@@ -1,0 +1,235 @@
+"""int8 recipes: graph rewrites of the fp32 export (pure ONNX in, ONNX out; no torch).
+
+Two recipes share one preparation: SmoothQuant-style scale migration (`smooth_activations`:
+the few outlier channels of the activations that feed attention and the FFN are shrunk into the
+weights) with each block's FFN output projection left in fp32 (`ffn_output_matmuls`: its
+post-GELU input quantizes worst). Weights are per output channel. CPUs without VNNI (AVX2,
+AVX-512 without VNNI) sum u8 x s8 products in pairs into 16 bits, which 8-bit weights can
+saturate; with 7 bits no pair sum can (2 x 255 x 64 < 2^15) on any x86 CPU.
+
+- `per_window` (fast): ONNX Runtime's dynamic quantization, one activation scale per tensor, so
+  the runtime runs one window per call (a message's vector never depends on its batch-mates);
+  7-bit weights on every CPU.
+- `per_token` (accurate): every token's activations get their own scale, so windows batch like
+  fp32 and a token's result depends on that token alone. Per token is finer than per window, so
+  it also holds on layers where per-window does not (all-MiniLM-L6-v2's last layer), at the
+  cost of a few elementwise ops per GEMM input (bench/README.md "int8 that holds on every layer").
+  8-bit weights where the exporting CPU sums exactly (VNNI, AMX; the manifest says so and the
+  runtime refuses such an export on a CPU without), else 7-bit: on all-MiniLM-L6-v2's last layer
+  7-bit weights cost the agreement gate 0.9972 -> 0.9918.
+"""
+import logging
+
+import numpy as np
+
+SMOOTH_ALPHA = 0.75  # scale migration strength (bench/int8_layers.py)
+
+
+def per_window(fp32_model, target, feeds):
+    """Dynamic int8 (ONNX Runtime's quantize_dynamic) of the smoothed graph at `target`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    keep = ffn_output_matmuls(fp32_model)
+    smoothed = smooth_activations(fp32_model, target.parent / "smoothed.onnx", feeds, SMOOTH_ALPHA, skip=keep)
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)  # quantize_dynamic's advice goes to the root logger
+    try:
+        quantize_dynamic(str(smoothed), str(target), per_channel=True, reduce_range=True,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=keep,
+                         extra_options={"DefaultTensorType": 1})  # 1 = FLOAT, for fused ops
+    finally:
+        root_logger.setLevel(level)
+    smoothed.unlink()
+    for leftover in target.parent.glob("*-inferred.onnx"):
+        leftover.unlink()
+
+
+def per_token(fp32_model, target, feeds, weight_bits=8):
+    """Per-token int8 (`per_token_int8`) of the smoothed graph at `target`."""
+    keep = ffn_output_matmuls(fp32_model)
+    smoothed = smooth_activations(fp32_model, target.parent / "smoothed.onnx", feeds, SMOOTH_ALPHA, skip=keep)
+    per_token_int8(smoothed, target, skip=keep, weight_bits=weight_bits)
+    smoothed.unlink()
+
+
+# attributes of a fused Attention node that MultiHeadAttention takes as they are
+_PLAIN_ATTENTION = {"num_heads", "mask_filter_value", "scale"}
+
+
+def per_token_int8(src, target, skip=(), weight_bits=8):
+    """Write `target`: `src` with each MatMul whose weight is a 2-D constant (and each fused
+    Attention's QKV projection) computed in int8, its input quantized per token.
+
+    Per token x (one row of K values): m = max|x|; q = QuantizeLinear(x / m, 1/127, 128) as u8
+    (ONNX Runtime's s8 x s8 GEMM is a slow reference kernel; u8 x s8 is its fast one);
+    MatMulIntegerToFloat(q, W8) (`weight_bits` wide, a scale per output column) applies 1/127
+    and W's scales in the GEMM's epilogue;
+    the result times m. A fused Attention becomes its QKV projection that way + Split +
+    MultiHeadAttention (the same attention arithmetic, its mask and bias inputs unchanged).
+    Nodes named in `skip`, weights used by several nodes (ALBERT) and Attention nodes with other
+    attributes or inputs stay as they are (fp32)."""
+    import onnx
+    from onnx import helper, numpy_helper
+    model = onnx.load(str(src))
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    uses = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    consts = {"pt_eps": np.float32(1e-12), "pt_inv127": np.float32(1 / 127), "pt_zp": np.uint8(128),
+              "pt_wzp": np.int8(0)}
+    inits = [numpy_helper.from_array(np.array(v), k) for k, v in consts.items()]
+    nodes, w_max = [], 2 ** (weight_bits - 1) - 1
+
+    def quantizable(n, w_input=1):
+        return (n.name not in skip and len(n.input) > w_input and n.input[w_input] in weights
+                and len(weights[n.input[w_input]].dims) == 2 and uses[n.input[w_input]] == 1)
+
+    def qmatmul(x, w_name, out, tag):
+        w = numpy_helper.to_array(weights[w_name]).astype(np.float32)
+        scale = (np.maximum(np.abs(w).max(0), 1e-12) / w_max).astype(np.float32)
+        inits.append(numpy_helper.from_array(np.clip(np.round(w / scale), -w_max, w_max)
+                                             .astype(np.int8), f"{tag}_w8"))
+        inits.append(numpy_helper.from_array(scale, f"{tag}_wscale"))
+        a, m, me, xn, q, y = (f"{tag}_{k}" for k in ("abs", "max", "maxe", "unit", "u8", "y"))
+        return [helper.make_node("Abs", [x], [a], name=f"{tag}_abs"),
+                helper.make_node("ReduceMax", [a], [m], name=f"{tag}_reducemax", axes=[-1], keepdims=1),
+                helper.make_node("Max", [m, "pt_eps"], [me], name=f"{tag}_eps"),
+                helper.make_node("Div", [x, me], [xn], name=f"{tag}_unit"),
+                helper.make_node("QuantizeLinear", [xn, "pt_inv127", "pt_zp"], [q], name=f"{tag}_quantize"),
+                helper.make_node("MatMulIntegerToFloat", [q, f"{tag}_w8", "pt_inv127", f"{tag}_wscale", "pt_zp",
+                                                          "pt_wzp"], [y], name=f"{tag}_matmul",
+                                 domain="com.microsoft"),
+                helper.make_node("Mul", [y, me], [out], name=f"{tag}_rescale")]
+
+    for i, n in enumerate(graph.node):
+        tag = f"pt{i}"
+        if n.op_type == "MatMul" and quantizable(n):
+            nodes += qmatmul(n.input[0], n.input[1], n.output[0], tag)
+        elif (n.op_type == "Attention" and n.domain == "com.microsoft" and quantizable(n)
+              and len(n.input) <= 4 and len([o for o in n.output if o]) == 1
+              and {a.name for a in n.attribute} <= _PLAIN_ATTENTION):
+            width = weights[n.input[1]].dims[1] // 3
+            nodes += qmatmul(n.input[0], n.input[1], f"{tag}_qkv", tag)
+            inits.append(numpy_helper.from_array(np.array([width] * 3, np.int64), f"{tag}_split"))
+            nodes.append(helper.make_node("Split", [f"{tag}_qkv", f"{tag}_split"], [f"{tag}_{k}" for k in "qkv"],
+                                          name=f"{tag}_split", axis=-1))
+            mha_inputs = [f"{tag}_q", f"{tag}_k", f"{tag}_v"] + list(n.input[2:4])
+            nodes.append(helper.make_node("MultiHeadAttention", mha_inputs, list(n.output)[:1], name=f"{tag}_mha",
+                                          domain="com.microsoft", **{a.name: helper.get_attribute_value(a)
+                                                                     for a in n.attribute}))
+        else:
+            nodes.append(n)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    kept = [t for t in list(graph.initializer) + inits if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(target))
+    return target
+
+
+def ffn_output_matmuls(model_path):
+    """Names of the MatMuls that read a GELU's output (each block's FFN output projection).
+
+    Their input has the activation outliers that per-window int8 scales handle worst: kept in
+    fp32 they lift all-MiniLM-L6-v2's int8 window cosine to fp32 on msgs100u from 0.9925 to
+    0.9960 at layer 4 (bench/int8_layers.py, bench/README.md)."""
+    import onnx
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    gelu = {"Gelu", "FastGelu", "BiasGelu", "Erf", "Tanh"}
+    stop = {"MatMul", "Attention", "LayerNormalization", "SkipLayerNormalization", "Gemm"}
+
+    def reads_gelu(name, hops=4):
+        node = producer.get(name)
+        if node is None or node.op_type in stop or hops == 0:
+            return False
+        return node.op_type in gelu or any(reads_gelu(i, hops - 1) for i in node.input)
+    return [n.name for n in graph.node if n.op_type == "MatMul" and reads_gelu(n.input[0])]
+
+
+def _activation_max(src, acts, feeds):
+    """Per channel, max |x| of each named activation over `feeds`, run by the fp32 graph."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+    probe = onnx.load(str(src))
+    known = {o.name for o in probe.graph.output}
+    for name in acts:
+        if name not in known:
+            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    amax = {a: None for a in acts}
+    inputs = {i.name for i in sess.get_inputs()}
+    for feed in feeds:
+        outs = sess.run(acts, {k: v for k, v in feed.items() if k in inputs})
+        for a, x in zip(acts, outs):
+            m = np.abs(x).reshape(-1, x.shape[-1]).max(0)
+            amax[a] = m if amax[a] is None else np.maximum(amax[a], m)
+    return amax
+
+
+def _sort_smoothing_muls(graph):
+    """Keep the graph topologically sorted: each inserted Mul right before its first user."""
+    order, placed = [], set()
+    muls = {n.output[0]: n for n in graph.node if n.name.endswith("_smooth") and n.op_type == "Mul"}
+    for n in list(graph.node):
+        if n.output[0] in muls and n.name.endswith("_smooth"):
+            continue
+        for i in n.input:
+            if i in muls and i not in placed:
+                order.append(muls[i])
+                placed.add(i)
+        order.append(n)
+    del graph.node[:]
+    graph.node.extend(order)
+
+
+def smooth_activations(src, target, feeds, alpha=0.5, skip=(), alphas=None):
+    """SmoothQuant-style scale migration, written as `target`: for each MatMul / Attention with a
+    weight matrix W (rows = input channels), activation channel j is divided by
+    s_j = max|x_j|^alpha / max|W_j|^(1-alpha) (a Mul inserted before the op) and W's row j is
+    multiplied by it. The product is unchanged (up to rounding); the activation's outlier
+    channels shrink, so one per-tensor int8 scale fits it better. max|x_j| is calibrated on
+    `feeds` (a list of input dicts) with the fp32 graph. Nodes named in `skip` are left alone."""
+    import onnx
+    from onnx import helper, numpy_helper
+    model = onnx.load(str(src))
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    uses = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    # a weight shared by several ops (ALBERT shares its blocks) would need one scale for all of
+    # their activations: such ops are left as they are
+    targets = [n for n in graph.node if n.op_type in ("MatMul", "Attention") and n.name not in skip
+               and len(n.input) > 1 and n.input[1] in weights and len(weights[n.input[1]].dims) == 2
+               and uses[n.input[1]] == 1]
+    if not targets:
+        onnx.save(model, str(target))
+        return target
+    acts = sorted({n.input[0] for n in targets})
+    amax = _activation_max(src, acts, feeds)
+    for a in acts:
+        users = [n for n in targets if n.input[0] == a]
+        w_max = np.max([np.abs(numpy_helper.to_array(weights[n.input[1]])).max(1) for n in users], axis=0)
+        al = (alphas or {}).get(users[0].name, alpha)
+        scale = np.clip(amax[a] ** al / np.maximum(w_max, 1e-8) ** (1 - al), 1e-5, None).astype(np.float32)
+        inv = numpy_helper.from_array((1.0 / scale).astype(np.float32), name=f"{a}_smooth_inv")
+        graph.initializer.append(inv)
+        graph.node.append(helper.make_node("Mul", [a, inv.name], [f"{a}_smoothed"], name=f"{a}_smooth"))
+        for n in users:
+            w = numpy_helper.to_array(weights[n.input[1]]) * scale[:, None]
+            weights[n.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32), n.input[1]))
+            n.input[0] = f"{a}_smoothed"
+    _sort_smoothing_muls(graph)
+    onnx.save(model, str(target))
+    return target
+
+
