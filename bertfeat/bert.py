@@ -260,6 +260,12 @@ def _model(settings, model_dir):
     manifest = read_manifest(entry)
     ok = usable_layers(manifest)
     weak = [k for k in settings.layers if k not in ok]
+    if weak and can_export:  # an entry made by an older recipe: the current one may hold there
+        current = exporter.export(settings.model, settings.precision, settings.depth, model_dir)
+        if current != entry:
+            entry, manifest = current, read_manifest(current)
+            ok = usable_layers(manifest)
+            weak = [k for k in settings.layers if k not in ok]
     if weak:
         per_layer = manifest.get("fp32_layer_cosine") or []
         shown = ", ".join(f"layer {k} {per_layer[k]:.4f}" if k < len(per_layer) else f"layer {k}" for k in weak)

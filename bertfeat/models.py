@@ -272,7 +272,7 @@ def locate(name, depth, precision="fp32", root=None, verify=False, export=None):
         check_depth(depth, entries[0][1]["layers"] if entries else None)
         usable = [(e, m) for e, m in entries
                   if m.get("depth", 0) >= depth and entry_is_intact(e, m, full=verify)]
-        usable.sort(key=lambda em: (em[1]["depth"], not selects_layers(em[1])))
+        usable.sort(key=lambda em: (em[1]["depth"], not selects_layers(em[1]), -em[1].get("created", 0)))
         if usable and usable[0][1]["depth"] == depth and selects_layers(usable[0][1]):
             return usable[0][0]
         # usable while a current export cannot be made: an older format, or a few layers too many

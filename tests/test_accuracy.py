@@ -98,6 +98,28 @@ def test_an_int8_export_with_8bit_weights_is_refused_where_int8_sums_can_saturat
     assert Encoder(entry).per_window
 
 
+def test_an_int8_layer_refused_by_an_older_recipe_is_exported_again(msgs100u_features, tmp_path):
+    """A cache from before the per-token recipe holds an int8 export whose last layer was refused;
+    asking for that layer makes the current recipe's export (torch is here) instead of refusing."""
+    source = msgs100u_features["model_dir"]
+    current = locate(MODEL, 6, "int8", source)
+    if 5 not in usable_layers(read_manifest(current)):
+        pytest.skip("this CPU's int8 export itself refuses the last layer (checked in the test below)")
+    cache = tmp_path / "models"
+    for entry in (locate(MODEL, 6, "fp32", source), current):
+        shutil.copytree(entry, cache / entry.parent.name / entry.name)
+    old = cache / current.parent.name / "from-an-older-recipe"
+    shutil.copytree(current, old)
+    manifest = read_manifest(old)
+    (old / "manifest.json").write_text(json.dumps({**manifest, "created": manifest["created"] + 1,
+                                                   "fp32_layer_cosine": manifest["fp32_layer_cosine"][:5] + [0.9886]}))
+    assert locate(MODEL, 6, "int8", str(cache)) == old  # the newest entry of that depth is found first
+    s = bertfeat.add_bert("p", "msgs", "user_id", bert_model=MODEL, precision="int8", bert_layers=[5],
+                          model_dir=str(cache), stage_dir=str(tmp_path), progress=False, bert_table_name="feat$older_recipe",
+                          **msgs100u_features["conn"])
+    assert s["table"] == "feat$older_recipe" and s["groups"] > 0
+
+
 def real_windows(encoder, n=400):
     """SPEC §3 windows of msgs100u's posts, an even sample of n."""
     import csv
