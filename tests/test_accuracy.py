@@ -115,8 +115,8 @@ def test_an_int8_layer_refused_by_an_older_recipe_is_exported_again(msgs100u_fea
                                                    "fp32_layer_cosine": manifest["fp32_layer_cosine"][:5] + [0.9886]}))
     assert locate(MODEL, 6, "int8", str(cache)) == old  # the newest entry of that depth is found first
     s = bertfeat.add_bert("p", "msgs", "user_id", bert_model=MODEL, precision="int8", bert_layers=[5],
-                          model_dir=str(cache), stage_dir=str(tmp_path), progress=False, bert_table_name="feat$older_recipe",
-                          **msgs100u_features["conn"])
+                          model_dir=str(cache), stage_dir=str(tmp_path), progress=False,
+                          bert_table_name="feat$older_recipe", **msgs100u_features["conn"])
     assert s["table"] == "feat$older_recipe" and s["groups"] > 0
 
 

@@ -1,0 +1,94 @@
+"""The two int8 recipes bertfeat ships (bertfeat/exporter/int8.py) side by side (issue 10).
+
+    .venv/bin/python bench/int8_recipes.py [--windows N] [--model_dir DIR]
+
+Each recipe is built by the exporter's own code from the depth-6 fp32 export of
+all-MiniLM-L6-v2 and run by the runtime as bertfeat runs it (per window: one window per call, 2
+calls in parallel; per token: length-sorted batches like fp32). Printed: real tok/s with all 6
+layers returned, the ratio to fp32, and per layer the smallest cosine of a window's token-mean
+vector to fp32's over the msgs100u windows (the bar is 0.995), plus the agreement the export gate
+measures on its built-in windows. `--ffn_outputs_int8` adds per-token rows that quantize the FFN
+output projections too (their GELU input smoothed with alpha 0.75 or 0.5): the experiment
+behind keeping them fp32.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from add_bert import DEFAULT_CSV, MODEL, ROOT, windows_by_group  # noqa: E402
+from runtime import cpu_isa  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--windows", type=int, default=0, help="0 = every msgs100u window")
+    ap.add_argument("--model_dir", default=str(ROOT / "models"))
+    ap.add_argument("--ffn_outputs_int8", action="store_true")
+    args = ap.parse_args()
+    import onnxruntime as ort
+
+    from bertfeat.exporter import _agreement, agreement_feeds, export, int8, int8_recipes
+    from bertfeat.models import read_manifest
+    from bertfeat.runtime import Encoder, int8_dot_is_exact
+    fp32 = export(MODEL, "fp32", 6, args.model_dir)
+    manifest = read_manifest(fp32)
+    layers = list(range(6))
+    work = Path(tempfile.mkdtemp(prefix="bertfeat-int8-"))
+    groups, _, _ = windows_by_group(str(work), DEFAULT_CSV, 0, args.model_dir)
+    windows = [w for ws in groups.values() for w in ws]
+    if args.windows:
+        windows = windows[::max(1, len(windows) // args.windows)][:args.windows]
+    tokens = sum(len(w[0]) for w in windows)
+    feeds = agreement_feeds(fp32 / "tokenizer.json", manifest["inputs"], 6, manifest["max_positions"])
+    rows = [("fp32 (batched)", fp32, None)]
+    recipes = [(label.split("-smooth")[0], convert, per_window) for label, convert, per_window, _ in int8_recipes()]
+    if args.ffn_outputs_int8:
+        ffn2 = int8.ffn_output_matmuls(fp32 / "model.onnx")
+
+        def ffn2_int8(alpha):
+            def convert(src, target, feeds):
+                smoothed = int8.smooth_activations(src, target.parent / "s.onnx", feeds, int8.SMOOTH_ALPHA,
+                                                   alphas={n: alpha for n in ffn2})
+                int8.per_token_int8(smoothed, target, weight_bits=8 if int8_dot_is_exact() else 7)
+            return convert
+        recipes += [(f"per token, FFN outputs int8 too (their smoothing alpha {a})", ffn2_int8(a), False)
+                     for a in (0.75, 0.5)]
+    for label, convert, per_window in recipes:
+        folder = work / str(len(rows))
+        folder.mkdir()
+        shutil.copy(fp32 / "tokenizer.json", folder)
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "precision": "int8", "per_window": per_window}))
+        convert(fp32 / "model.onnx", folder / "model.onnx", feeds)
+        gate, _ = _agreement(fp32, folder / "model.onnx", manifest, "int8")
+        rows.append((label, folder, gate))
+    print(f"# {cpu_isa()}; exact int8 sums (8-bit weights allowed): {int8_dot_is_exact()}; {os.cpu_count()} CPUs;"
+          f" onnxruntime {ort.__version__}; {len(windows)} msgs100u windows, {tokens} real tokens; all 6 layers"
+          " returned\n")
+    print("| recipe | real tok/s | vs fp32 | min window cosine to fp32, L0 .. L5 (msgs100u) | export gate L0 .. L5 |")
+    print("|---|---:|---:|---|---|")
+    ref, base = None, None
+    for label, entry, gate in rows:
+        enc = Encoder(entry, threads=2)
+        enc.run(windows[:50], layers)
+        t = time.perf_counter()
+        got = enc.run(windows, layers)
+        rate = tokens / (time.perf_counter() - t)
+        ref, base = ref or got, base or rate
+        worst = np.ones(6)
+        for r, g in zip(ref, got):
+            a, b = r.mean(1), g.mean(1)
+            worst = np.minimum(worst, (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1))
+        print(f"| {label} | {rate:,.0f} | {rate / base:.2f}x | {' '.join(f'{c:.4f}' for c in worst)} |"
+              f" {' '.join(f'{c:.4f}' for c in gate) if gate else '-'} |", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
