@@ -60,8 +60,11 @@ def graphs(W, bias):
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     except ImportError:  # onnx-ir missing
         return out
+    import onnx
     for block in (32, 128):
-        q = MatMulNBitsQuantizer(out["fp32"], bits=8, block_size=block, is_symmetric=True, accuracy_level=4)
+        fp32 = onnx.ModelProto()
+        fp32.CopyFrom(out["fp32"])  # the quantizer rewrites the model it is given
+        q = MatMulNBitsQuantizer(fp32, bits=8, block_size=block, is_symmetric=True, accuracy_level=4)
         q.process()
         out[f"MatMulNBits 8-bit b{block}"] = q.model.model
     return out

@@ -2,7 +2,8 @@
 (ONNX Runtime's MatMulNBits, accuracy_level 4), where activations are quantized per token and
 per block of K inside the kernel.
 
-    .venv/bin/python bench/int8_nbits.py [--limit 250] [--blocks 32,128]
+    .venv/bin/pip install onnx-ir   # ONNX Runtime's MatMulNBits quantizer needs it
+    .venv/bin/python bench/int8_nbits.py [--limit 150] [--blocks 32,128]
 
 Shipped int8 (dynamic quantization) takes one activation scale per MatMul input tensor, so a
 window must run alone. MatMulNBits with accuracy_level 4 quantizes each row of its input (one
@@ -82,7 +83,7 @@ def ops(path):
 def main():
     import csv
     p = argparse.ArgumentParser()
-    p.add_argument("--limit", type=int, default=250)
+    p.add_argument("--limit", type=int, default=150)
     p.add_argument("--blocks", default="32,128")
     p.add_argument("--model_dir", default=str(ROOT / "models"))
     args = p.parse_args()

@@ -287,6 +287,28 @@ def test_int8_per_token_recipe_agrees_and_batches_on_each_family(family, tiny, t
     assert all(np.array_equal(enc.run([windows[i]], [0, 2])[0], got[i][[0, 2]]) for i in (0, 70, 149))
 
 
+@pytest.mark.parametrize("plain_faster", [True, False])
+def test_fp32_keeps_the_graph_that_runs_faster_here_and_int8_fp16_start_from_the_fused_one(
+        plain_faster, tiny, tmp_path, monkeypatch):
+    """Which graph is faster depends on the CPU (bench/attention_fusion.py), so the exporter times
+    both; the timing is the one thing fixed here. Either graph matches PyTorch (the export
+    validates it), and int8 / fp16 are made from the fused graph either way."""
+    import onnx
+    from bertfeat import exporter
+    monkeypatch.setattr(exporter, "_seconds", lambda paths, batch: [1.0, 2.0] if plain_faster else [2.0, 1.0])
+    cache = str(tmp_path)
+    entry = locate(tiny["bert"], 2, "fp32", cache)
+    ops = {n.op_type for n in onnx.load(str(entry / "model.onnx")).graph.node}
+    optimizations = read_manifest(entry)["optimizations"]
+    assert ("Attention" in ops) != plain_faster
+    assert optimizations == (["plain-graph-2.00x-faster-here"] if plain_faster else ["ort-transformers-fusion"])
+    for precision, fused_op in (("int8", {"QAttention", "MultiHeadAttention"}), ("fp16", {"Attention"})):
+        derived = locate(tiny["bert"], 2, precision, cache)
+        assert fused_op & {n.op_type for n in onnx.load(str(derived / "model.onnx")).graph.node}
+        assert sorted(os.listdir(derived)) == ["manifest.json", "model.onnx", "tokenizer.json"]
+    assert read_manifest(entry)["validation_max_error"] <= 1e-4  # the kept graph was the one validated
+
+
 def test_a_local_folder_is_hashed_once_until_it_changes(tiny, tmp_path, monkeypatch):
     from bertfeat import models
     folder = tmp_path / "local"

@@ -250,7 +250,8 @@ def _build_fp32(name, src, depth, tmp, key):
     tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
     return {"name": name, "source": os.path.abspath(src), "fingerprint": key,
             "model_type": model.config.model_type, "layers": layers, "depth": depth,
-            "hidden_size": model.config.hidden_size, "max_positions": _max_positions(model.config),
+            "hidden_size": model.config.hidden_size, "num_heads": getattr(model.config, "num_attention_heads", 0),
+            "max_positions": _max_positions(model.config),
             "inputs": graph_inputs, "pad_id": int(tokenizer.pad_token_id or 0), "opset": OPSET,
             "precision": "fp32", "optimizations": optimizations, "validation_max_error": float(err),
             "bertfeat_version": __version__, "torch_version": torch.__version__,
@@ -294,22 +295,73 @@ def _trace(model, tokenizer, depth, raw):
     return graph_inputs, batch, reference
 
 
+FASTER_BY = 1.05  # the plain graph is kept instead of the fused one only when this much faster here
+
+
 def _best_graph(tmp, batch, reference, config, name):
-    """The fused graph when ONNX Runtime's transformer fusions keep it within TOLERANCE of
-    PyTorch, else the raw one; (path, max error, optimizations applied)."""
+    """The graph to keep, (path, max error, optimizations applied): ONNX Runtime's transformer
+    fusions when they keep it within TOLERANCE of PyTorch, unless the plain graph runs faster on
+    this CPU (timed here: the fused graph was 4% faster on an AVX2 AMD EPYC, the plain one 22%
+    faster on an Intel Xeon with AMX; bench/attention_fusion.py). int8 and fp16 are always made
+    from the fused graph (`_fused_source`)."""
     raw = tmp / "raw.onnx"
     chosen, err, optimizations = raw, _validate(raw, batch, reference), []
     fused = _fuse(raw, tmp / "fused.onnx", config)
     if fused is not None:
         fused_err = _validate(fused, batch, reference)
-        if fused_err <= TOLERANCE:
-            chosen, err, optimizations = fused, fused_err, ["ort-transformers-fusion"]
-        else:
+        if fused_err > TOLERANCE:
             notice(f"fused graph differs by {fused_err:.2e}: keeping the unfused export")
+        else:
+            plain_s, fused_s = _seconds([raw, fused], batch)
+            if plain_s * FASTER_BY <= fused_s:
+                optimizations = [f"plain-graph-{fused_s / plain_s:.2f}x-faster-here"]
+                notice(f"keeping the unfused graph: {fused_s / plain_s:.2f}x as fast as ONNX Runtime's fused"
+                       " one on this CPU")
+            else:
+                chosen, err, optimizations = fused, fused_err, ["ort-transformers-fusion"]
     if err > TOLERANCE:
         raise BertfeatError(f"export of {name} failed validation: ONNX differs from PyTorch by"
                             f" {err:.2e} (> {TOLERANCE}); please report this model")
     return chosen, err, optimizations
+
+
+def _seconds(paths, batch, rounds=7):
+    """Best-of-`rounds` seconds of each graph (rounds alternate between them, so a slow spell of
+    the machine hits all) on batches shaped like bertfeat's: 1024 tokens of windows of 16 and of
+    64 pieces (msgs100u's windows average 43), ids from the validation batch, the deepest layer."""
+    import onnxruntime as ort
+
+    from ..runtime import physical_cores
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = physical_cores(), 1
+    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths]
+    ids = batch["input_ids"][batch["attention_mask"] > 0]
+    feeds = []
+    for width in (16, 64):
+        rows = 1024 // width
+        tiled = np.resize(ids, rows * width).reshape(rows, width).astype(np.int64)
+        feeds.append({"input_ids": tiled, "attention_mask": np.ones_like(tiled), "token_type_ids": np.zeros_like(tiled),
+                      "layers": batch["layers"][-1:]})
+    names = [{i.name for i in s.get_inputs()} for s in sessions]
+    best = [float("inf")] * len(sessions)
+    for r in range(rounds + 1):  # round 0 warms up
+        for k, s in enumerate(sessions):
+            started = time.perf_counter()
+            for feed in feeds:
+                s.run(["hidden_states"], {n: feed[n] for n in names[k]})
+            if r:
+                best[k] = min(best[k], time.perf_counter() - started)
+    return best
+
+
+def _fused_source(fp32_entry, manifest, target):
+    """The fp32 export's fused graph, what int8 and fp16 are made from: model.onnx itself, or,
+    when the plain graph was kept for speed, the same fusions applied again (validated at export)."""
+    if not any(o.startswith("plain-graph-") for o in manifest.get("optimizations", [])):
+        return fp32_entry / "model.onnx"
+    from types import SimpleNamespace
+    config = SimpleNamespace(num_attention_heads=manifest["num_heads"], hidden_size=manifest["hidden_size"])
+    return _fuse(fp32_entry / "model.onnx", target, config) or fp32_entry / "model.onnx"
 
 
 def int8_recipes():
@@ -334,10 +386,10 @@ def export_int8(name, depth=None, root=None, force=False):
     layer at export (AGREEMENT_TEXT and SHORT_TEXT windows), recorded, and gated
     (models.usable_layers)."""
     def calibrated(convert):
-        def run(fp32_model, target):
-            m = read_manifest(fp32_model.parent)
-            convert(fp32_model, target, agreement_feeds(fp32_model.parent / "tokenizer.json", m["inputs"],
-                                                        m["depth"], m["max_positions"]))
+        def run(source, target, fp32_entry):
+            m = read_manifest(fp32_entry)
+            convert(source, target, agreement_feeds(fp32_entry / "tokenizer.json", m["inputs"], m["depth"],
+                                                    m["max_positions"]))
         return run
     recipes = [(label, calibrated(convert), per_window, extra) for label, convert, per_window, extra in int8_recipes()]
     return _derive(name, "int8", depth, root, force, recipes)
@@ -369,7 +421,7 @@ def export_fp16(name, depth=None, root=None, force=False):
     half-precision ops in fp32 between casts), so the export and its agreement check work on a
     machine without a GPU; the check runs on CUDA when the provider is there.
     """
-    def convert(fp32_model, target):
+    def convert(fp32_model, target, fp32_entry):
         import onnx
         from onnxruntime.transformers.onnx_model import OnnxModel
         model = OnnxModel(onnx.load(str(fp32_model)))
@@ -380,11 +432,11 @@ def export_fp16(name, depth=None, root=None, force=False):
 
 def _derive(name, precision, depth, root, force, recipes):
     """A reduced-precision cache entry made from the fp32 export by the first of `recipes`
-    ((label, convert(fp32 model.onnx, target), runs one window per call, manifest extras)) that agrees with fp32
-    on every layer, else by the one that agrees on the most layers. Agreement is measured per
-    layer on this machine (window cosine, see `_agreement`) and recorded; runs asking for a
-    layer below MIN_COSINE are refused (bert.py), and an export whose first layer is already
-    below it is not kept."""
+    ((label, convert(fused fp32 graph, target, fp32 entry), runs one window per call, manifest
+    extras)) that agrees with fp32 on every layer, else by the one that agrees on the most
+    layers. Agreement is measured per layer on this machine (window cosine, see `_agreement`)
+    and recorded; runs asking for a layer below MIN_COSINE are refused (bert.py), and an export
+    whose first layer is already below it is not kept."""
     fp32_entry = export(name, "fp32", depth, root, force)
     fp32 = read_manifest(fp32_entry)
     src = fp32["source"] if os.path.isdir(fp32["source"]) else resolve_source(name)
@@ -394,9 +446,10 @@ def _derive(name, precision, depth, root, force, recipes):
 
     def build(tmp):
         tried = {}
+        source = _fused_source(fp32_entry, fp32, tmp / "fused.onnx")
         for label, convert, per_window, extra in recipes:
             (tmp / label).mkdir()
-            convert(fp32_entry / "model.onnx", tmp / label / "model.onnx")
+            convert(source, tmp / label / "model.onnx", fp32_entry)
             per_layer, provider = _agreement(fp32_entry, tmp / label / "model.onnx", fp32, precision)
             tried[label] = (per_layer, provider, per_window, extra)
             if min(per_layer) >= MIN_COSINE:
@@ -416,6 +469,8 @@ def _derive(name, precision, depth, root, force, recipes):
         os.replace(tmp / label / "model.onnx", tmp / "model.onnx")
         for folder in tried:
             shutil.rmtree(tmp / folder)
+        if source.parent == tmp:
+            source.unlink()
         shutil.copy(fp32_entry / "tokenizer.json", tmp / "tokenizer.json")
         return {**fp32, "fingerprint": final.name, "precision": precision, "per_window": per_window,
                 "optimizations": fp32["optimizations"] + [label],
