@@ -307,6 +307,10 @@ def test_fp32_keeps_the_graph_that_runs_faster_here_and_int8_fp16_start_from_the
         assert fused_op & {n.op_type for n in onnx.load(str(derived / "model.onnx")).graph.node}
         assert sorted(os.listdir(derived)) == ["manifest.json", "model.onnx", "tokenizer.json"]
     assert read_manifest(entry)["validation_max_error"] <= 1e-4  # the kept graph was the one validated
+    # made again (forced, or after corruption): the same graph, whatever the timing says now
+    monkeypatch.setattr(exporter, "_seconds", lambda paths, batch: [2.0, 1.0] if plain_faster else [1.0, 2.0])
+    again = exporter.export(tiny["bert"], "fp32", 2, cache, force=True)
+    assert again == entry and read_manifest(again)["optimizations"] == optimizations
 
 
 def test_a_local_folder_is_hashed_once_until_it_changes(tiny, tmp_path, monkeypatch):

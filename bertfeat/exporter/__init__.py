@@ -230,19 +230,22 @@ def export(name, precision="fp32", depth=None, root=None, force=False):
     n_layers = config_layers(src)
     depth = n_layers if depth is None else depth
     final = model_dir(root) / safe_dir_name(name) / fingerprint(src, depth, precision, root)
+    # an entry made again (corrupted, or forced) keeps its graph, so it is the same file as before
+    previous = (read_manifest(final) or {}).get("optimizations") if final.is_dir() else None
 
     def build(tmp):
         with _quiet():
-            return _build_fp32(name, src, depth, tmp, final.name)
+            return _build_fp32(name, src, depth, tmp, final.name, previous)
     return _cache_entry(final, force, build)
 
 
-def _build_fp32(name, src, depth, tmp, key):
-    """model.onnx (validated against PyTorch) and tokenizer.json into `tmp`; returns the manifest."""
+def _build_fp32(name, src, depth, tmp, key, previous=None):
+    """model.onnx (validated against PyTorch) and tokenizer.json into `tmp`; returns the manifest.
+    `previous`: the optimizations of the entry this one replaces (its graph choice is kept)."""
     import torch
     model, tokenizer, layers, _ = _load(src, depth)
     graph_inputs, batch, reference = _trace(model, tokenizer, depth, tmp / "raw.onnx")
-    chosen, err, optimizations = _best_graph(tmp, batch, reference, model.config, name)
+    chosen, err, optimizations = _best_graph(tmp, batch, reference, model.config, name, previous)
     os.replace(chosen, tmp / "model.onnx")
     for leftover in (tmp / "raw.onnx", tmp / "fused.onnx"):
         if leftover.exists():
@@ -296,14 +299,16 @@ def _trace(model, tokenizer, depth, raw):
 
 
 FASTER_BY = 1.05  # the plain graph is kept instead of the fused one only when this much faster here
+MIN_TIMED_S = 0.02  # below this per timing round, a model is too small to tell the graphs apart
 
 
-def _best_graph(tmp, batch, reference, config, name):
+def _best_graph(tmp, batch, reference, config, name, previous=None):
     """The graph to keep, (path, max error, optimizations applied): ONNX Runtime's transformer
     fusions when they keep it within TOLERANCE of PyTorch, unless the plain graph runs faster on
     this CPU (timed here: the fused graph was 4% faster on an AVX2 AMD EPYC, the plain one 22%
-    faster on an Intel Xeon with AMX; bench/attention_fusion.py). int8 and fp16 are always made
-    from the fused graph (`_fused_source`)."""
+    faster on an Intel Xeon with AMX; bench/attention_fusion.py). Not timed: a model too small to
+    time (fused kept) and an entry made again (`previous` choice kept). int8 and fp16 are always
+    made from the fused graph (`_fused_source`)."""
     raw = tmp / "raw.onnx"
     chosen, err, optimizations = raw, _validate(raw, batch, reference), []
     fused = _fuse(raw, tmp / "fused.onnx", config)
@@ -312,11 +317,17 @@ def _best_graph(tmp, batch, reference, config, name):
         if fused_err > TOLERANCE:
             notice(f"fused graph differs by {fused_err:.2e}: keeping the unfused export")
         else:
-            plain_s, fused_s = _seconds([raw, fused], batch)
-            if plain_s * FASTER_BY <= fused_s:
-                optimizations = [f"plain-graph-{fused_s / plain_s:.2f}x-faster-here"]
-                notice(f"keeping the unfused graph: {fused_s / plain_s:.2f}x as fast as ONNX Runtime's fused"
-                       " one on this CPU")
+            if previous is not None:  # made again: the same graph as before
+                plain = [o for o in previous if o.startswith("plain-graph-")]
+            else:
+                plain_s, fused_s = _seconds([raw, fused], batch)
+                plain = ([f"plain-graph-{fused_s / plain_s:.2f}x-faster-here"]
+                         if fused_s >= MIN_TIMED_S and plain_s * FASTER_BY <= fused_s else [])
+                if plain:
+                    notice(f"keeping the unfused graph: {fused_s / plain_s:.2f}x as fast as ONNX Runtime's"
+                           " fused one on this CPU")
+            if plain:
+                optimizations = plain
             else:
                 chosen, err, optimizations = fused, fused_err, ["ort-transformers-fusion"]
     if err > TOLERANCE:
