@@ -66,7 +66,7 @@ def main():
         folder.mkdir()
         shutil.copy(fp32 / "tokenizer.json", folder)
         (folder / "manifest.json").write_text(json.dumps({**manifest, "precision": "int8", "per_window": per_window}))
-        convert(_fused_source(fp32, manifest, work / "fused.onnx"), folder / "model.onnx", feeds)
+        convert(_fused_source(fp32, manifest, work / "fused.onnx")[0], folder / "model.onnx", feeds)
         gate, _ = _agreement(fp32, folder / "model.onnx", manifest, "int8")
         rows.append((label, folder, gate))
     print(f"# {cpu_isa()}; exact int8 sums (8-bit weights allowed): {int8_dot_is_exact()}; {os.cpu_count()} CPUs;"

@@ -305,6 +305,7 @@ def test_fp32_keeps_the_graph_that_runs_faster_here_and_int8_fp16_start_from_the
     for precision, fused_op in (("int8", {"QAttention", "MultiHeadAttention"}), ("fp16", {"Attention"})):
         derived = locate(tiny["bert"], 2, precision, cache)
         assert fused_op & {n.op_type for n in onnx.load(str(derived / "model.onnx")).graph.node}
+        assert read_manifest(derived)["optimizations"][0] == "ort-transformers-fusion"
         assert sorted(os.listdir(derived)) == ["manifest.json", "model.onnx", "tokenizer.json"]
     assert read_manifest(entry)["validation_max_error"] <= 1e-4  # the kept graph was the one validated
     # made again (forced, or after corruption): the same graph, whatever the timing says now

@@ -366,13 +366,16 @@ def _seconds(paths, batch, rounds=7):
 
 
 def _fused_source(fp32_entry, manifest, target):
-    """The fp32 export's fused graph, what int8 and fp16 are made from: model.onnx itself, or,
-    when the plain graph was kept for speed, the same fusions applied again (validated at export)."""
-    if not any(o.startswith("plain-graph-") for o in manifest.get("optimizations", [])):
-        return fp32_entry / "model.onnx"
-    from types import SimpleNamespace
-    config = SimpleNamespace(num_attention_heads=manifest["num_heads"], hidden_size=manifest["hidden_size"])
-    return _fuse(fp32_entry / "model.onnx", target, config) or fp32_entry / "model.onnx"
+    """(graph, its optimizations): the fp32 export's fused graph, what int8 and fp16 are made
+    from: model.onnx itself, or, when the plain graph was kept for speed, the same fusions applied
+    again (the fused graph was validated at export)."""
+    optimizations = manifest.get("optimizations", [])
+    if any(o.startswith("plain-graph-") for o in optimizations):
+        from types import SimpleNamespace
+        config = SimpleNamespace(num_attention_heads=manifest["num_heads"], hidden_size=manifest["hidden_size"])
+        if _fuse(fp32_entry / "model.onnx", target, config):
+            return target, ["ort-transformers-fusion"]
+    return fp32_entry / "model.onnx", optimizations
 
 
 def int8_recipes():
@@ -457,7 +460,7 @@ def _derive(name, precision, depth, root, force, recipes):
 
     def build(tmp):
         tried = {}
-        source = _fused_source(fp32_entry, fp32, tmp / "fused.onnx")
+        source, optimizations = _fused_source(fp32_entry, fp32, tmp / "fused.onnx")
         for label, convert, per_window, extra in recipes:
             (tmp / label).mkdir()
             convert(source, tmp / label / "model.onnx", fp32_entry)
@@ -484,7 +487,7 @@ def _derive(name, precision, depth, root, force, recipes):
             source.unlink()
         shutil.copy(fp32_entry / "tokenizer.json", tmp / "tokenizer.json")
         return {**fp32, "fingerprint": final.name, "precision": precision, "per_window": per_window,
-                "optimizations": fp32["optimizations"] + [label],
+                "optimizations": optimizations + [label],
                 "fp32_min_window_cosine": min(per_layer), "fp32_layer_cosine": per_layer,
                 "recipes_tried": {k: v[0] for k, v in tried.items()},
                 "min_cosine": MIN_COSINE, "agreement_provider": provider, **extra}

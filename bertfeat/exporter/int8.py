@@ -56,6 +56,19 @@ def per_token(fp32_model, target, feeds, weight_bits=8):
 _PLAIN_ATTENTION = {"num_heads", "mask_filter_value", "scale"}
 
 
+def _own_2d_weight(graph):
+    """A test of a node: its second input is a 2-D constant that no other node uses. A weight
+    shared by several ops (ALBERT shares its blocks) would need one scale for all of their
+    activations, so such ops are left as they are."""
+    weights = {i.name: i for i in graph.initializer}
+    uses = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    return lambda n: len(n.input) > 1 and n.input[1] in weights and len(weights[n.input[1]].dims) == 2 \
+        and uses[n.input[1]] == 1
+
+
 def per_token_int8(src, target, skip=(), weight_bits=8):
     """Write `target`: `src` with each MatMul whose weight is a 2-D constant (and each fused
     Attention's QKV projection) computed in int8, its input quantized per token.
@@ -72,19 +85,13 @@ def per_token_int8(src, target, skip=(), weight_bits=8):
     from onnx import helper, numpy_helper
     model = onnx.load(str(src))
     graph = model.graph
+    own_weight = _own_2d_weight(graph)
     weights = {i.name: i for i in graph.initializer}
-    uses = {}
-    for n in graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
     consts = {"pt_eps": np.float32(1e-12), "pt_inv127": np.float32(1 / 127), "pt_zp": np.uint8(128),
               "pt_wzp": np.int8(0)}
     inits = [numpy_helper.from_array(np.array(v), k) for k, v in consts.items()]
     nodes, w_max = [], 2 ** (weight_bits - 1) - 1
 
-    def quantizable(n, w_input=1):
-        return (n.name not in skip and len(n.input) > w_input and n.input[w_input] in weights
-                and len(weights[n.input[w_input]].dims) == 2 and uses[n.input[w_input]] == 1)
 
     def qmatmul(x, w_name, out, tag):
         w = numpy_helper.to_array(weights[w_name]).astype(np.float32)
@@ -105,9 +112,9 @@ def per_token_int8(src, target, skip=(), weight_bits=8):
 
     for i, n in enumerate(graph.node):
         tag = f"pt{i}"
-        if n.op_type == "MatMul" and quantizable(n):
+        if n.op_type == "MatMul" and n.name not in skip and own_weight(n):
             nodes += qmatmul(n.input[0], n.input[1], n.output[0], tag)
-        elif (n.op_type == "Attention" and n.domain == "com.microsoft" and quantizable(n)
+        elif (n.op_type == "Attention" and n.domain == "com.microsoft" and n.name not in skip and own_weight(n)
               and len(n.input) <= 4 and len([o for o in n.output if o]) == 1
               and {a.name for a in n.attribute} <= _PLAIN_ATTENTION):
             width = weights[n.input[1]].dims[1] // 3
@@ -202,15 +209,8 @@ def smooth_activations(src, target, feeds, alpha=0.5, skip=(), alphas=None):
     model = onnx.load(str(src))
     graph = model.graph
     weights = {i.name: i for i in graph.initializer}
-    uses = {}
-    for n in graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    # a weight shared by several ops (ALBERT shares its blocks) would need one scale for all of
-    # their activations: such ops are left as they are
-    targets = [n for n in graph.node if n.op_type in ("MatMul", "Attention") and n.name not in skip
-               and len(n.input) > 1 and n.input[1] in weights and len(weights[n.input[1]].dims) == 2
-               and uses[n.input[1]] == 1]
+    own_weight = _own_2d_weight(graph)
+    targets = [n for n in graph.node if n.op_type in ("MatMul", "Attention") and n.name not in skip and own_weight(n)]
     if not targets:
         onnx.save(model, str(target))
         return target
