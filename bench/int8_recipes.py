@@ -49,7 +49,10 @@ def main():
     tokens = sum(len(w[0]) for w in windows)
     feeds = agreement_feeds(fp32 / "tokenizer.json", manifest["inputs"], 6, manifest["max_positions"])
     rows = [("fp32 (batched)", fp32, None)]
-    recipes = [(label.split("-smooth")[0], convert, per_window) for label, convert, per_window, _ in int8_recipes()]
+    kept = fp32 / "model.onnx"
+    fused = _fused_source(fp32, manifest, work / "fused.onnx")[0]
+    recipes = [(r.label.split("-smooth")[0], r.convert, r.per_window, fused if r.graph == "fused" else kept)
+               for r in int8_recipes()]
     if args.ffn_outputs_int8:
         ffn2 = int8.ffn_output_matmuls(fp32 / "model.onnx")
 
@@ -59,14 +62,14 @@ def main():
                                                    alphas={n: alpha for n in ffn2})
                 int8.per_token_int8(smoothed, target, weight_bits=8 if int8_dot_is_exact() else 7)
             return convert
-        recipes += [(f"per token, FFN outputs int8 too (their smoothing alpha {a})", ffn2_int8(a), False)
+        recipes += [(f"per token, FFN outputs int8 too (their smoothing alpha {a})", ffn2_int8(a), False, kept)
                      for a in (0.75, 0.5)]
-    for label, convert, per_window in recipes:
+    for label, convert, per_window, source in recipes:
         folder = work / str(len(rows))
         folder.mkdir()
         shutil.copy(fp32 / "tokenizer.json", folder)
         (folder / "manifest.json").write_text(json.dumps({**manifest, "precision": "int8", "per_window": per_window}))
-        convert(_fused_source(fp32, manifest, work / "fused.onnx")[0], folder / "model.onnx", feeds)
+        convert(source, folder / "model.onnx", feeds)
         gate, _ = _agreement(fp32, folder / "model.onnx", manifest, "int8")
         rows.append((label, folder, gate))
     print(f"# {cpu_isa()}; exact int8 sums (8-bit weights allowed): {int8_dot_is_exact()}; {os.cpu_count()} CPUs;"
