@@ -130,6 +130,17 @@ def real_windows(encoder, n=400):
     return out[::max(1, len(out) // n)][:n]
 
 
+def worst_window_cosines(ref, got, n_layers):
+    """Per layer, the smallest cosine between a window's token-mean vectors in `ref` and `got`
+    (each a list of [layers, tokens, H] arrays, one per window)."""
+    worst = []
+    for k in range(n_layers):
+        a = np.stack([r[k].mean(0) for r in ref])
+        b = np.stack([g[k].mean(0) for g in got])
+        worst.append(float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min()))
+    return worst
+
+
 def test_int8_every_layer_is_refused_or_agrees_on_real_text(msgs100u_features, tmp_path):
     """Measured here, on real windows, on every layer of a full-depth int8 export: each layer is
     either refused by the gate the export recorded, or agrees with fp32 to window cosine >= the
@@ -142,11 +153,7 @@ def test_int8_every_layer_is_refused_or_agrees_on_real_text(msgs100u_features, t
     ref, got = fp32.run(windows, layers), int8.run(windows, layers)
     usable = usable_layers(int8.manifest)
     assert 0 in usable and len(int8.manifest["fp32_layer_cosine"]) == 6
-    worst = {}
-    for k in layers:
-        a = np.stack([r[k].mean(0) for r in ref])
-        b = np.stack([g[k].mean(0) for g in got])
-        worst[k] = float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+    worst = worst_window_cosines(ref, got, len(layers))
     assert all(worst[k] >= MIN_COSINE for k in usable), (worst, usable)
     if int8_dot_is_exact():  # VNNI / AMX: the per-token recipe (8-bit weights) holds on every layer
         assert usable == layers, int8.manifest["recipes_tried"]
