@@ -44,11 +44,14 @@ def export(source, layers, path):
     return model.config
 
 
-def variant(raw, config, target, attention):
+def variant(raw, config, target, attention, mha=False):
+    """ONNX Runtime's BERT fusions of `raw` at `target`; `attention` off leaves attention unfused,
+    `mha` fuses it as MultiHeadAttention (QKV stays MatMuls) instead of Attention."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
     options = FusionOptions("bert")
     options.enable_attention = attention
+    options.use_multi_head_attention = mha
     fused = optimize_model(str(raw), model_type="bert", num_heads=config.num_attention_heads,
                            hidden_size=config.hidden_size, opt_level=1, optimization_options=options)
     fused.save_model_to_file(str(target))

@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from add_bert import DEFAULT_CSV, ROOT  # noqa: E402
+from attention_fusion import variant  # noqa: E402
 from int8_static import corpus_windows  # noqa: E402
 from runtime import cpu_isa  # noqa: E402
 
@@ -41,17 +42,6 @@ def raw_graph(work, depth):
     model, tokenizer, _, _ = _load(resolve_source(MODEL), depth)
     _trace(model, tokenizer, depth, work / "raw.onnx")
     return work / "raw.onnx", model.config
-
-
-def fuse(raw, target, config, mha):
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-    options = FusionOptions("bert")
-    options.use_multi_head_attention = mha
-    fused = optimize_model(str(raw), model_type="bert", num_heads=config.num_attention_heads,
-                           hidden_size=config.hidden_size, opt_level=1, optimization_options=options)
-    fused.save_model_to_file(str(target))
-    return target
 
 
 def nbits(src, target, block, bits=8, exclude=()):
@@ -97,7 +87,7 @@ def main():
     test = corpus_windows(fp32.entry, posts[:args.limit])
     work = Path(tempfile.mkdtemp(prefix="bertfeat-nbits-"))
     raw, config = raw_graph(work, depth)
-    mha = fuse(raw, work / "mha.onnx", config, True)
+    mha = variant(raw, config, work / "mha.onnx", attention=True, mha=True)
     variants = {}
     for block in [int(b) for b in args.blocks.split(",")]:
         for label, src in (("fused", fp32.entry / "model.onnx"), ("mha", mha)):

@@ -10,8 +10,10 @@ MatMulInteger is a slow reference kernel, 31 vs 705 GOPS here), weights per outp
 fused Attention becomes an int8 QKV projection + MultiHeadAttention. A token's result then
 depends on the token alone, so windows can be batched like fp32. Variants: plain, FFN output
 projections kept fp32, and SmoothQuant migration (exporter.smooth_activations, alpha 0.75) + FFN
-outputs fp32 (0.3's recipe). Prints real tok/s at the default layer (4) and, per layer, the
-minimum window token-mean cosine to fp32 over the msgs100u windows.
+outputs fp32 (0.3's recipe); the "fused ops" rows build the same arithmetic with the shipped
+`exporter.int8.per_token_int8` (QuantizeLinear + MatMulIntegerToFloat, 8-bit weights). Prints
+real tok/s at the default layer (4) and, per layer, the minimum window token-mean cosine to fp32
+over the msgs100u windows.
 """
 import argparse
 import json
@@ -28,18 +30,16 @@ from add_bert import DEFAULT_CSV, MODEL, windows_by_group  # noqa: E402
 from runtime import cpu_isa  # noqa: E402
 
 
-def per_token_int8(src, dst, skip=(), fused=False):
+def per_token_int8(src, dst, skip=()):
     """Write `dst`: `src` with each MatMul/Attention weight in s8 per channel and its input
-    quantized per token (Abs, ReduceMax, Div, Round, +128, Cast u8 -> MatMulInteger -> scales).
-    `fused`: fewer, fused ops for the same arithmetic: x / max|x| -> QuantizeLinear(1/127, 128)
-    -> MatMulIntegerToFloat (integer GEMM, scales applied in its epilogue) -> Mul by max|x|."""
+    quantized per token (Abs, ReduceMax, Div, Round, +128, Cast u8 -> MatMulInteger -> scales)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     model = onnx.load(str(src))
     graph = model.graph
     weights = {i.name: i for i in graph.initializer}
     consts = {"pt_eps": np.float32(1e-8), "pt_127": np.float32(127), "pt_128": np.float32(128),
-              "pt_zp": np.uint8(128), "pt_inv127": np.float32(1 / 127), "pt_wzp": np.int8(0)}
+              "pt_zp": np.uint8(128)}
     inits = [numpy_helper.from_array(np.array(v), k) for k, v in consts.items()]
     nodes, count = [], [0]
 
@@ -54,15 +54,6 @@ def per_token_int8(src, dst, skip=(), fused=False):
         inits.append(numpy_helper.from_array(np.clip(np.round(w / w_scale), -127, 127).astype(np.int8), wq))
         inits.append(numpy_helper.from_array(w_scale.astype(np.float32), ws))
         a, m, me, s, d, r, ru, q, y, yf, y1 = (name(k) for k in "a m me s d r ru q y yf y1".split())
-        if fused:
-            return [helper.make_node("Abs", [x], [a]),
-                    helper.make_node("ReduceMax", [a], [m], axes=[-1], keepdims=1),
-                    helper.make_node("Max", [m, "pt_eps"], [me]),
-                    helper.make_node("Div", [x, me], [d]),
-                    helper.make_node("QuantizeLinear", [d, "pt_inv127", "pt_zp"], [q]),
-                    helper.make_node("MatMulIntegerToFloat", [q, wq, "pt_inv127", ws, "pt_zp", "pt_wzp"], [y1],
-                                     domain="com.microsoft"),
-                    helper.make_node("Mul", [y1, me], [out])]
         return [helper.make_node("Abs", [x], [a]),
                 helper.make_node("ReduceMax", [a], [m], axes=[-1], keepdims=1),
                 helper.make_node("Max", [m, "pt_eps"], [me]),
@@ -118,7 +109,7 @@ def main():
     args = ap.parse_args()
     import onnxruntime as ort
 
-    from bertfeat.exporter import agreement_feeds, export, ffn_output_matmuls, smooth_activations
+    from bertfeat.exporter import agreement_feeds, export, ffn_output_matmuls, int8, smooth_activations
     from bertfeat.models import read_manifest
     from bertfeat.runtime import Encoder
     cache = args.model_dir or tempfile.mkdtemp()
@@ -150,7 +141,10 @@ def main():
             ("per-token fused ops, all quantized", src, (), True),
             ("per-token fused ops, smooth 0.75, all quantized", smoothed, (), True),
             ("per-token fused ops, smooth 0.75 + FFN outputs fp32", smoothed, keep, True)):
-        per_token_int8(source, work / "pt.onnx", skip, fused)
+        if fused:  # the same arithmetic in fewer ops: what bertfeat ships (exporter/int8.py)
+            int8.per_token_int8(source, work / "pt.onnx", skip, weight_bits=8)
+        else:
+            per_token_int8(source, work / "pt.onnx", skip)
         rows.append((label, "batched", entry_with(fp32, work / "pt.onnx", work / f"e{len(rows)}")))
     base = None
     for label, calls, entry in rows:
