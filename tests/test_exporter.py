@@ -260,25 +260,65 @@ def test_int8_agrees_on_every_layer_of_each_family(family, tiny, tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_int8_per_token_recipe_agrees_and_batches_on_each_family(family, tiny, tmp_path):
     """The int8 recipe used where per-window int8 misses a layer (exporter/int8.py), built here
-    for each family with the weights every CPU can run (7-bit): every layer agrees with fp32 on
-    real windows, and a window's vectors are bitwise the same alone and in a batch."""
+    for each family with the weights every CPU runs fast (7-bit) and with the ones every CPU sums
+    exactly (8-bit unsigned): every layer agrees with fp32 on real windows, and a window's vectors
+    are bitwise the same alone and in a batch. Where this CPU's u8 x s8 sums are exact (VNNI, AMX),
+    8-bit unsigned weights give bitwise the vectors of 8-bit signed ones."""
     from bertfeat.exporter import agreement_feeds, int8
     from bertfeat.models import MIN_COSINE
+    from bertfeat.runtime import int8_dot_is_exact
     from test_accuracy import real_windows, worst_window_cosines
     fp32 = Encoder(locate(tiny[family], 3, "fp32", str(tmp_path)))
-    folder = tmp_path / "per_token"
-    folder.mkdir()
-    shutil.copy(fp32.entry / "tokenizer.json", folder)
     m = read_manifest(fp32.entry)
-    (folder / "manifest.json").write_text(json.dumps({**m, "precision": "int8", "per_window": False}))
-    int8.per_token(fp32.entry / "model.onnx", folder / "model.onnx",
-                   agreement_feeds(folder / "tokenizer.json", m["inputs"], 3, m["max_positions"]), weight_bits=7)
-    enc = Encoder(folder)
+    feeds = agreement_feeds(fp32.entry / "tokenizer.json", m["inputs"], 3, m["max_positions"])
     windows = real_windows(fp32, 150)
-    ref, got = fp32.run(windows, [0, 1, 2]), enc.run(windows, [0, 1, 2])
-    worst = worst_window_cosines(ref, got, 3)
-    assert min(worst) >= MIN_COSINE, (family, worst)
-    assert all(np.array_equal(enc.run([windows[i]], [0, 2])[0], got[i][[0, 2]]) for i in (0, 70, 149))
+    ref = fp32.run(windows, [0, 1, 2])
+    variants = {"7-bit": dict(weight_bits=7), "8-bit unsigned": dict(weight_bits=8, unsigned_weights=True)}
+    if int8_dot_is_exact():
+        variants["8-bit"] = dict(weight_bits=8)
+    got = {}
+    for name, weights in variants.items():
+        folder = tmp_path / name.replace(" ", "_")
+        folder.mkdir()
+        shutil.copy(fp32.entry / "tokenizer.json", folder)
+        (folder / "manifest.json").write_text(json.dumps({**m, "precision": "int8", "per_window": False}))
+        int8.per_token(fp32.entry / "model.onnx", folder / "model.onnx", feeds, **weights)
+        enc = Encoder(folder)
+        got[name] = enc.run(windows, [0, 1, 2])
+        worst = worst_window_cosines(ref, got[name], 3)
+        assert min(worst) >= MIN_COSINE, (family, name, worst)
+        assert all(np.array_equal(enc.run([windows[i]], [0, 2])[0], got[name][i][[0, 2]]) for i in (0, 70, 149))
+    if "8-bit" in got:
+        assert all(np.array_equal(a, b) for a, b in zip(got["8-bit"], got["8-bit unsigned"]))
+
+
+def test_int8_gemm_sums_are_exact_where_the_recipes_assume_so():
+    """The int8 recipes rest on how ONNX Runtime's int8 GEMM sums on this CPU: u8 x u8 exactly
+    everywhere (widened to 16 bits), u8 x s8 exactly only with VNNI or AMX (elsewhere products are
+    added in pairs into 16 bits and saturate). Checked with the largest products a per-token
+    GEMM can meet: every u8 activation 255, every weight at the top of its range."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from bertfeat.runtime import int8_dot_is_exact
+    k, n = 64, 16
+    a = np.full((4, k), 255, np.uint8)
+
+    def matmul(w, w_zero):
+        graph = helper.make_graph(
+            [helper.make_node("MatMulIntegerToFloat", ["a", "w", "one", "one", "a_zero", "w_zero"], ["y"],
+                              domain="com.microsoft")],
+            "gemm", [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, k])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+            [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(1), "one"),
+             numpy_helper.from_array(np.uint8(128), "a_zero"), numpy_helper.from_array(w_zero, "w_zero")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                        helper.make_opsetid("com.microsoft", 1)])
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"a": a})[0]
+    exact = (255 - 128) * 127 * k
+    assert (matmul(np.full((k, n), 255, np.uint8), np.uint8(128)) == exact).all()
+    assert (matmul(np.full((k, n), 127, np.int8), np.int8(0)) == exact).all() == int8_dot_is_exact()
+    assert (matmul(np.full((k, n), 63, np.int8), np.int8(0)) == (255 - 128) * 63 * k).all()  # 7-bit: exact
 
 
 @pytest.mark.parametrize("plain_faster", [True, False])

@@ -392,16 +392,23 @@ class Recipe(NamedTuple):
 
 def int8_recipes():
     """The int8 recipes (exporter/int8.py), convert(graph, target, calibration feeds), tried in
-    this order at export: per window (from the fused graph) is kept when it agrees with fp32 on
-    every layer of the export, else per token (batched, finer scales, slower; from the graph the
-    fp32 export kept: 1.25x faster from the plain graph where that one was kept, on the Xeon of
-    bench/README.md), with 8-bit weights where this CPU's int8 sums cannot saturate."""
-    exact = int8_dot_is_exact()
-    bits = 8 if exact else 7
-    return [Recipe(f"dynamic-int8-per-window-7bit-weights-smoothquant{int8.SMOOTH_ALPHA}-ffn-output-fp32-agreement2",
-                   int8.per_window, per_window=True),
-            Recipe(f"int8-per-token-{bits}bit-weights-smoothquant{int8.SMOOTH_ALPHA}-ffn-output-fp32",
-                   functools.partial(int8.per_token, weight_bits=bits), extra={"needs_int8_dot": exact}, graph="kept")]
+    this order at export, the first that agrees with fp32 on every layer of the export kept:
+    per window (from the fused graph; fast), then per token (batched, finer scales; from the graph
+    the fp32 export kept: 1.25x faster from the plain graph where that one was kept, on the Xeon
+    of bench/README.md). Per token uses 8-bit signed weights where this CPU's u8 x s8 sums cannot
+    saturate (VNNI, AMX); elsewhere 7-bit ones (as fast, less accurate), then 8-bit unsigned ones
+    (ONNX Runtime's u8 x u8 GEMM widens to 16 bits: exact on every x86 CPU, the same integers as
+    8-bit signed weights, slower)."""
+    per_token = f"int8-per-token-{{}}-smoothquant{int8.SMOOTH_ALPHA}-ffn-output-fp32"
+    recipes = [Recipe(f"dynamic-int8-per-window-7bit-weights-smoothquant{int8.SMOOTH_ALPHA}-ffn-output-fp32-agreement2",
+                      int8.per_window, per_window=True)]
+    if int8_dot_is_exact():
+        return recipes + [Recipe(per_token.format("8bit-weights"), functools.partial(int8.per_token, weight_bits=8),
+                                 extra={"needs_int8_dot": True}, graph="kept")]
+    return recipes + [Recipe(per_token.format("7bit-weights"), functools.partial(int8.per_token, weight_bits=7),
+                             graph="kept"),
+                      Recipe(per_token.format("8bit-unsigned-weights"),
+                             functools.partial(int8.per_token, weight_bits=8, unsigned_weights=True), graph="kept")]
 
 
 def export_int8(name, depth=None, root=None, force=False):

@@ -5,7 +5,11 @@ the few outlier channels of the activations that feed attention and the FFN are 
 weights) with each block's FFN output projection left in fp32 (`ffn_output_matmuls`: its
 post-GELU input quantizes worst). Weights are per output channel. CPUs without VNNI (AVX2,
 AVX-512 without VNNI) sum u8 x s8 products in pairs into 16 bits, which 8-bit weights can
-saturate; with 7 bits no pair sum can (2 x 255 x 64 < 2^15) on any x86 CPU.
+saturate; with 7 bits no pair sum can (2 x 255 x 64 < 2^15) on any x86 CPU. ONNX Runtime's
+u8 x u8 GEMM widens both to 16 bits first, so 8-bit weights stored unsigned (+128, zero point 128)
+sum exactly on every x86 CPU: the same integers as 8-bit signed ones, slower (per token 1.05x
+fp32 on an AVX-512 VNNI EPYC, against 1.50x with signed weights; not measured on an AVX2 CPU).
+test_exporter checks both facts on the CPU that runs the tests.
 
 - `per_window` (fast): ONNX Runtime's dynamic quantization, one activation scale per tensor, so
   the runtime runs one window per call (a message's vector never depends on its batch-mates);
@@ -14,9 +18,10 @@ saturate; with 7 bits no pair sum can (2 x 255 x 64 < 2^15) on any x86 CPU.
   fp32 and a token's result depends on that token alone. Per token is finer than per window, so
   it also holds on layers where per-window does not (all-MiniLM-L6-v2's last layer), at the
   cost of a few elementwise ops per GEMM input (bench/README.md "int8 that holds on every layer").
-  8-bit weights where the exporting CPU sums exactly (VNNI, AMX; the manifest says so and the
-  runtime refuses such an export on a CPU without), else 7-bit: on all-MiniLM-L6-v2's last layer
-  7-bit weights cost the agreement gate 0.9972 -> 0.9918.
+  8-bit signed weights where the exporting CPU sums them exactly (VNNI, AMX; the manifest says
+  so and the runtime refuses such an export on a CPU without); elsewhere 7-bit ones, and where
+  those miss a layer 8-bit unsigned ones: on all-MiniLM-L6-v2's last layer 7-bit weights cost the
+  agreement gate 0.9972 -> 0.9916.
 """
 import logging
 
@@ -44,11 +49,11 @@ def per_window(fp32_model, target, feeds):
         leftover.unlink()
 
 
-def per_token(fp32_model, target, feeds, weight_bits=8):
+def per_token(fp32_model, target, feeds, weight_bits=8, unsigned_weights=False):
     """Per-token int8 (`per_token_int8`) of the smoothed graph at `target`."""
     keep = ffn_output_matmuls(fp32_model)
     smoothed = smooth_activations(fp32_model, target.parent / "smoothed.onnx", feeds, SMOOTH_ALPHA, skip=keep)
-    per_token_int8(smoothed, target, skip=keep, weight_bits=weight_bits)
+    per_token_int8(smoothed, target, skip=keep, weight_bits=weight_bits, unsigned_weights=unsigned_weights)
     smoothed.unlink()
 
 
@@ -69,15 +74,15 @@ def _own_2d_weight(graph):
         and uses[n.input[1]] == 1
 
 
-def per_token_int8(src, target, skip=(), weight_bits=8):
+def per_token_int8(src, target, skip=(), weight_bits=8, unsigned_weights=False):
     """Write `target`: `src` with each MatMul whose weight is a 2-D constant (and each fused
     Attention's QKV projection) computed in int8, its input quantized per token.
 
     Per token x (one row of K values): m = max|x|; q = QuantizeLinear(x / m, 1/127, 128) as u8
     (ONNX Runtime's s8 x s8 GEMM is a slow reference kernel; u8 x s8 is its fast one);
-    MatMulIntegerToFloat(q, W8) (`weight_bits` wide, a scale per output column) applies 1/127
-    and W's scales in the GEMM's epilogue;
-    the result times m. A fused Attention becomes its QKV projection that way + Split +
+    MatMulIntegerToFloat(q, W8) (`weight_bits` wide, a scale per output column; stored as u8 + 128
+    with `unsigned_weights`) applies 1/127 and W's scales in the GEMM's epilogue; the result
+    times m. A fused Attention becomes its QKV projection that way + Split +
     MultiHeadAttention (the same attention arithmetic, its mask and bias inputs unchanged).
     Nodes named in `skip`, weights used by several nodes (ALBERT) and Attention nodes with other
     attributes or inputs stay as they are (fp32)."""
@@ -88,7 +93,7 @@ def per_token_int8(src, target, skip=(), weight_bits=8):
     own_weight = _own_2d_weight(graph)
     weights = {i.name: i for i in graph.initializer}
     consts = {"pt_eps": np.float32(1e-12), "pt_inv127": np.float32(1 / 127), "pt_zp": np.uint8(128),
-              "pt_wzp": np.int8(0)}
+              "pt_wzp": np.uint8(128) if unsigned_weights else np.int8(0)}
     inits = [numpy_helper.from_array(np.array(v), k) for k, v in consts.items()]
     nodes, w_max = [], 2 ** (weight_bits - 1) - 1
 
@@ -96,8 +101,9 @@ def per_token_int8(src, target, skip=(), weight_bits=8):
     def qmatmul(x, w_name, out, tag):
         w = numpy_helper.to_array(weights[w_name]).astype(np.float32)
         scale = (np.maximum(np.abs(w).max(0), 1e-12) / w_max).astype(np.float32)
-        inits.append(numpy_helper.from_array(np.clip(np.round(w / scale), -w_max, w_max)
-                                             .astype(np.int8), f"{tag}_w8"))
+        q = np.clip(np.round(w / scale), -w_max, w_max)
+        q = (q + 128).astype(np.uint8) if unsigned_weights else q.astype(np.int8)
+        inits.append(numpy_helper.from_array(q, f"{tag}_w8"))
         inits.append(numpy_helper.from_array(scale, f"{tag}_wscale"))
         a, m, me, xn, q, y = (f"{tag}_{k}" for k in ("abs", "max", "maxe", "unit", "u8", "y"))
         return [helper.make_node("Abs", [x], [a], name=f"{tag}_abs"),

@@ -48,7 +48,9 @@ def cpu_flags():
 def int8_dot_is_exact():
     """Whether ONNX Runtime's u8 x s8 GEMM sums products in 32 bits on this CPU (VNNI or AMX).
     Without them (AVX2, AVX-512 without VNNI) it adds products in pairs into 16 bits, which
-    8-bit weights can saturate, so int8 exports made for such CPUs use 7-bit weights."""
+    8-bit weights can saturate, so int8 exports made for such CPUs use 7-bit weights or 8-bit
+    unsigned ones (u8 x u8 sums are exact everywhere). tests/test_exporter.py checks this claim
+    against ONNX Runtime on the CPU that runs the tests."""
     return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
