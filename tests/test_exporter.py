@@ -259,11 +259,12 @@ def test_int8_agrees_on_every_layer_of_each_family(family, tiny, tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_int8_per_token_recipe_agrees_and_batches_on_each_family(family, tiny, tmp_path):
-    """The int8 recipe used where per-window int8 misses a layer (exporter/int8.py), built here
-    for each family with the weights every CPU runs fast (7-bit) and with the ones every CPU sums
-    exactly (8-bit unsigned): every layer agrees with fp32 on real windows, and a window's vectors
-    are bitwise the same alone and in a batch. Where this CPU's u8 x s8 sums are exact (VNNI, AMX),
-    8-bit unsigned weights give bitwise the vectors of 8-bit signed ones."""
+    """The per-token int8 recipes (exporter/int8.py), built here for each family with the weights
+    every CPU runs fast (7-bit), with the ones every CPU sums exactly (8-bit unsigned) and, where
+    this CPU's u8 x s8 sums are exact (VNNI, AMX), with 8-bit signed ones, FFN outputs fp32 or int8
+    (shifted GELU input): every layer agrees with fp32 on real windows, and a window's vectors are
+    bitwise the same alone and in a batch; 8-bit unsigned weights give bitwise the vectors of
+    8-bit signed ones."""
     from bertfeat.exporter import agreement_feeds, int8
     from bertfeat.models import MIN_COSINE
     from bertfeat.runtime import int8_dot_is_exact
@@ -276,6 +277,7 @@ def test_int8_per_token_recipe_agrees_and_batches_on_each_family(family, tiny, t
     variants = {"7-bit": dict(weight_bits=7), "8-bit unsigned": dict(weight_bits=8, unsigned_weights=True)}
     if int8_dot_is_exact():
         variants["8-bit"] = dict(weight_bits=8)
+        variants["8-bit, FFN outputs int8 too"] = dict(weight_bits=8, ffn_outputs=True)
     got = {}
     for name, weights in variants.items():
         folder = tmp_path / name.replace(" ", "_")
@@ -322,11 +324,12 @@ def test_int8_gemm_sums_are_exact_where_the_recipes_assume_so():
 
 
 @pytest.mark.parametrize("plain_faster", [True, False])
-def test_fp32_keeps_the_graph_that_runs_faster_here_and_int8_fp16_start_from_the_fused_one(
+def test_fp32_keeps_the_graph_that_runs_faster_here_and_derived_exports_start_from_the_right_one(
         plain_faster, tiny, tmp_path, monkeypatch):
     """Which graph is faster depends on the CPU (bench/attention_fusion.py), so the exporter times
     both; the timing is the one thing fixed here. Either graph matches PyTorch (the export
-    validates it), and int8 / fp16 are made from the fused graph either way."""
+    validates it); fp16 and per-window int8 are made from the fused graph either way, per-token
+    int8 from the kept one."""
     import onnx
     from bertfeat import exporter
     monkeypatch.setattr(exporter, "_seconds", lambda paths, batch: [1.0, 2.0] if plain_faster else [2.0, 1.0])
@@ -338,8 +341,13 @@ def test_fp32_keeps_the_graph_that_runs_faster_here_and_int8_fp16_start_from_the
     assert optimizations == (["plain-graph-2.00x-faster-here"] if plain_faster else ["ort-transformers-fusion"])
     for precision, fused_op in (("int8", {"QAttention", "MultiHeadAttention"}), ("fp16", {"Attention"})):
         derived = locate(tiny["bert"], 2, precision, cache)
-        assert fused_op & {n.op_type for n in onnx.load(str(derived / "model.onnx")).graph.node}
-        assert read_manifest(derived)["optimizations"][0] == "ort-transformers-fusion"
+        derived_ops = {n.op_type for n in onnx.load(str(derived / "model.onnx")).graph.node}
+        if precision == "int8" and not read_manifest(derived)["per_window"]:  # per token: from the kept graph
+            assert read_manifest(derived)["optimizations"][0] == optimizations[0]
+            assert bool(fused_op & derived_ops) != plain_faster
+        else:
+            assert fused_op & derived_ops
+            assert read_manifest(derived)["optimizations"][0] == "ort-transformers-fusion"
         assert sorted(os.listdir(derived)) == ["manifest.json", "model.onnx", "tokenizer.json"]
     assert read_manifest(entry)["validation_max_error"] <= 1e-4  # the kept graph was the one validated
     # made again (forced, or after corruption): the same graph, whatever the timing says now

@@ -392,19 +392,25 @@ class Recipe(NamedTuple):
 
 def int8_recipes():
     """The int8 recipes (exporter/int8.py), convert(graph, target, calibration feeds), tried in
-    this order at export, the first that agrees with fp32 on every layer of the export kept:
-    per window (from the fused graph; fast), then per token (batched, finer scales; from the graph
-    the fp32 export kept: 1.25x faster from the plain graph where that one was kept, on the Xeon
-    of bench/README.md). Per token uses 8-bit signed weights where this CPU's u8 x s8 sums cannot
-    saturate (VNNI, AMX); elsewhere 7-bit ones (as fast, less accurate), then 8-bit unsigned ones
-    (ONNX Runtime's u8 x u8 GEMM widens to 16 bits: exact on every x86 CPU, the same integers as
-    8-bit signed weights, slower)."""
+    this order at export, the first that agrees with fp32 on every layer of the export kept.
+    Where this CPU's u8 x s8 sums cannot saturate (VNNI, AMX): per token with every MatMul in int8
+    (batched; 2.0x fp32 on the EPYC of bench/README.md), per window (one window per call, FFN
+    outputs fp32; 1.5x), per token with FFN outputs fp32 (1.5x; the one holding on
+    all-MiniLM-L6-v2's last layer), the per-token ones with 8-bit signed weights. Elsewhere: per
+    window, per token with 7-bit weights, then with 8-bit unsigned ones (ONNX Runtime's u8 x u8
+    GEMM widens to 16 bits: exact on every x86 CPU, the same integers as 8-bit signed weights,
+    slower). Per token starts from the graph the fp32 export kept, per window from the fused one."""
     per_token = f"int8-per-token-{{}}-smoothquant{int8.SMOOTH_ALPHA}-ffn-output-fp32"
     recipes = [Recipe(f"dynamic-int8-per-window-7bit-weights-smoothquant{int8.SMOOTH_ALPHA}-ffn-output-fp32-agreement2",
                       int8.per_window, per_window=True)]
     if int8_dot_is_exact():
-        return recipes + [Recipe(per_token.format("8bit-weights"), functools.partial(int8.per_token, weight_bits=8),
-                                 extra={"needs_int8_dot": True}, graph="kept")]
+        return [Recipe(f"int8-per-token-every-matmul-8bit-weights-smoothquant{int8.SMOOTH_ALPHA}"
+                       f"-ffn-output-{int8.FFN_OUTPUT_ALPHA}-shifted",
+                       functools.partial(int8.per_token, weight_bits=8, ffn_outputs=True),
+                       extra={"needs_int8_dot": True}, graph="kept"),
+                *recipes,
+                Recipe(per_token.format("8bit-weights"), functools.partial(int8.per_token, weight_bits=8),
+                       extra={"needs_int8_dot": True}, graph="kept")]
     return recipes + [Recipe(per_token.format("7bit-weights"), functools.partial(int8.per_token, weight_bits=7),
                              graph="kept"),
                       Recipe(per_token.format("8bit-unsigned-weights"),

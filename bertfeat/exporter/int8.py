@@ -28,6 +28,8 @@ import logging
 import numpy as np
 
 SMOOTH_ALPHA = 0.75  # scale migration strength (bench/int8_layers.py)
+FFN_OUTPUT_ALPHA = 0.5  # for the FFN output projections' GELU input, when int8 (0.4 .. 0.75 measured)
+GELU_MIN = 0.17  # GELU(x) >= -0.16997 (erf and tanh forms alike)
 
 
 def per_window(fp32_model, target, feeds):
@@ -49,11 +51,19 @@ def per_window(fp32_model, target, feeds):
         leftover.unlink()
 
 
-def per_token(fp32_model, target, feeds, weight_bits=8, unsigned_weights=False):
-    """Per-token int8 (`per_token_int8`) of the smoothed graph at `target`."""
-    keep = ffn_output_matmuls(fp32_model)
-    smoothed = smooth_activations(fp32_model, target.parent / "smoothed.onnx", feeds, SMOOTH_ALPHA, skip=keep)
-    per_token_int8(smoothed, target, skip=keep, weight_bits=weight_bits, unsigned_weights=unsigned_weights)
+def per_token(fp32_model, target, feeds, weight_bits=8, unsigned_weights=False, ffn_outputs=False):
+    """Per-token int8 (`per_token_int8`) of the smoothed graph at `target`; the FFN output
+    projections stay fp32 unless `ffn_outputs`: then they are int8 too, their GELU input smoothed
+    less (FFN_OUTPUT_ALPHA) and shifted by GELU_MIN before it is quantized (`per_token_int8`)."""
+    ffn2 = ffn_output_matmuls(fp32_model)
+    if ffn_outputs:
+        smoothed = smooth_activations(fp32_model, target.parent / "smoothed.onnx", feeds, SMOOTH_ALPHA,
+                                      alphas={n: FFN_OUTPUT_ALPHA for n in ffn2})
+        per_token_int8(smoothed, target, weight_bits=weight_bits, unsigned_weights=unsigned_weights,
+                       shifted={n: GELU_MIN for n in ffn2})
+    else:
+        smoothed = smooth_activations(fp32_model, target.parent / "smoothed.onnx", feeds, SMOOTH_ALPHA, skip=ffn2)
+        per_token_int8(smoothed, target, skip=ffn2, weight_bits=weight_bits, unsigned_weights=unsigned_weights)
     smoothed.unlink()
 
 
@@ -74,7 +84,7 @@ def _own_2d_weight(graph):
         and uses[n.input[1]] == 1
 
 
-def per_token_int8(src, target, skip=(), weight_bits=8, unsigned_weights=False):
+def per_token_int8(src, target, skip=(), weight_bits=8, unsigned_weights=False, shifted=None):
     """Write `target`: `src` with each MatMul whose weight is a 2-D constant (and each fused
     Attention's QKV projection) computed in int8, its input quantized per token.
 
@@ -85,7 +95,12 @@ def per_token_int8(src, target, skip=(), weight_bits=8, unsigned_weights=False):
     times m. A fused Attention becomes its QKV projection that way + Split +
     MultiHeadAttention (the same attention arithmetic, its mask and bias inputs unchanged).
     Nodes named in `skip`, weights used by several nodes (ALBERT) and Attention nodes with other
-    attributes or inputs stay as they are (fp32)."""
+    attributes or inputs stay as they are (fp32).
+
+    `shifted` ({node name: c}) is for MatMuls whose input x >= -c (a GELU's output): x + c (per
+    channel c / s_j after smoothing by s_j) is quantized per token to u8 with zero point 0, so it
+    gets 255 levels instead of the ~130 a symmetric scale leaves a mostly positive input; the
+    shift's product with the weights is subtracted after the GEMM."""
     import onnx
     from onnx import helper, numpy_helper
     model = onnx.load(str(src))
@@ -93,15 +108,19 @@ def per_token_int8(src, target, skip=(), weight_bits=8, unsigned_weights=False):
     own_weight = _own_2d_weight(graph)
     weights = {i.name: i for i in graph.initializer}
     consts = {"pt_eps": np.float32(1e-12), "pt_inv127": np.float32(1 / 127), "pt_zp": np.uint8(128),
-              "pt_wzp": np.uint8(128) if unsigned_weights else np.int8(0)}
+              "pt_wzp": np.uint8(128) if unsigned_weights else np.int8(0), "pt_inv255": np.float32(1 / 255),
+              "pt_zp0": np.uint8(0)}
     inits = [numpy_helper.from_array(np.array(v), k) for k, v in consts.items()]
     nodes, w_max = [], 2 ** (weight_bits - 1) - 1
+    producer = {o: n for n in graph.node for o in n.output}
 
 
-    def qmatmul(x, w_name, out, tag):
+    def qmatmul(x, w_name, out, tag, shift=None):
         w = numpy_helper.to_array(weights[w_name]).astype(np.float32)
         scale = (np.maximum(np.abs(w).max(0), 1e-12) / w_max).astype(np.float32)
         q = np.clip(np.round(w / scale), -w_max, w_max)
+        if shift is not None:
+            return shifted_qmatmul(x, q, scale, out, tag, shift)
         q = (q + 128).astype(np.uint8) if unsigned_weights else q.astype(np.int8)
         inits.append(numpy_helper.from_array(q, f"{tag}_w8"))
         inits.append(numpy_helper.from_array(scale, f"{tag}_wscale"))
@@ -116,10 +135,35 @@ def per_token_int8(src, target, skip=(), weight_bits=8, unsigned_weights=False):
                                  domain="com.microsoft"),
                 helper.make_node("Mul", [y, me], [out], name=f"{tag}_rescale")]
 
+    def shifted_qmatmul(x, q, scale, out, tag, shift):
+        """x >= -shift (a GELU's output): x + shift quantized per token to u8 with zero point 0
+        (255 levels instead of ~130), the shift taken back after the GEMM."""
+        qw = (q + 128).astype(np.uint8) if unsigned_weights else q.astype(np.int8)
+        inits.append(numpy_helper.from_array(qw, f"{tag}_w8"))
+        inits.append(numpy_helper.from_array(scale, f"{tag}_wscale"))
+        smooth = producer.get(x)
+        if smooth is not None and smooth.op_type == "Mul" and smooth.input[1] in weights:
+            shift = shift * numpy_helper.to_array(weights[smooth.input[1]]).astype(np.float32)  # x / s_j
+        shift = np.asarray(shift, np.float32)
+        inits.append(numpy_helper.from_array(shift, f"{tag}_shift"))
+        unshift = (shift[:, None] if shift.ndim else shift) * (q * scale)
+        inits.append(numpy_helper.from_array(unshift.sum(0).astype(np.float32), f"{tag}_unshift"))
+        xs, m, me, xn, qa, y, ym = (f"{tag}_{k}" for k in ("shifted", "max", "maxe", "unit", "u8", "y", "ym"))
+        return [helper.make_node("Add", [x, f"{tag}_shift"], [xs], name=f"{tag}_shift"),
+                helper.make_node("ReduceMax", [xs], [m], name=f"{tag}_reducemax", axes=[-1], keepdims=1),
+                helper.make_node("Max", [m, "pt_eps"], [me], name=f"{tag}_eps"),
+                helper.make_node("Div", [xs, me], [xn], name=f"{tag}_unit"),
+                helper.make_node("QuantizeLinear", [xn, "pt_inv255", "pt_zp0"], [qa], name=f"{tag}_quantize"),
+                helper.make_node("MatMulIntegerToFloat", [qa, f"{tag}_w8", "pt_inv255", f"{tag}_wscale", "pt_zp0",
+                                                          "pt_wzp"], [y], name=f"{tag}_matmul",
+                                 domain="com.microsoft"),
+                helper.make_node("Mul", [y, me], [ym], name=f"{tag}_rescale"),
+                helper.make_node("Sub", [ym, f"{tag}_unshift"], [out], name=f"{tag}_unshift")]
+
     for i, n in enumerate(graph.node):
         tag = f"pt{i}"
         if n.op_type == "MatMul" and n.name not in skip and own_weight(n):
-            nodes += qmatmul(n.input[0], n.input[1], n.output[0], tag)
+            nodes += qmatmul(n.input[0], n.input[1], n.output[0], tag, (shifted or {}).get(n.name))
         elif (n.op_type == "Attention" and n.domain == "com.microsoft" and n.name not in skip and own_weight(n)
               and len(n.input) <= 4 and len([o for o in n.output if o]) == 1
               and {a.name for a in n.attribute} <= _PLAIN_ATTENTION):
