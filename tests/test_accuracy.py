@@ -95,7 +95,7 @@ def test_an_int8_export_with_8bit_weights_is_refused_where_int8_sums_can_saturat
     with pytest.raises(bertfeat.BertfeatError, match="made for a CPU with VNNI or AMX; this CPU has neither"):
         Encoder(entry)
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
-    assert Encoder(entry).per_window
+    assert Encoder(entry).manifest["needs_int8_dot"]
 
 
 def test_an_int8_layer_refused_by_an_older_recipe_is_exported_again(msgs100u_features, tmp_path):

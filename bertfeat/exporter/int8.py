@@ -115,50 +115,52 @@ def per_token_int8(src, target, skip=(), weight_bits=8, unsigned_weights=False, 
     producer = {o: n for n in graph.node for o in n.output}
 
 
+    quantized = {}  # (input, shift) -> (u8, per-token max, scale, zero point): Q, K and V share one
+
+    def quantize(x, tag, shift):
+        """Per token: (x + shift) / max|x + shift| quantized to u8, once per input."""
+        if (x, shift) in quantized:
+            return [], quantized[x, shift]
+        m, me, xn, q = (f"{tag}_{k}" for k in ("max", "maxe", "unit", "u8"))
+        if shift is None:  # symmetric: 127 levels each side of zero point 128
+            nodes = [helper.make_node("Abs", [x], [f"{tag}_abs"], name=f"{tag}_abs"),
+                     helper.make_node("ReduceMax", [f"{tag}_abs"], [m], name=f"{tag}_reducemax", axes=[-1],
+                                      keepdims=1)]
+            unit = x
+            quantized[x, shift] = (q, me, "pt_inv127", "pt_zp")
+        else:  # x + shift >= 0: 255 levels above zero point 0
+            unit = f"{tag}_shifted"
+            nodes = [helper.make_node("Add", [x, shift], [unit], name=f"{tag}_shift"),
+                     helper.make_node("ReduceMax", [unit], [m], name=f"{tag}_reducemax", axes=[-1], keepdims=1)]
+            quantized[x, shift] = (q, me, "pt_inv255", "pt_zp0")
+        nodes += [helper.make_node("Max", [m, "pt_eps"], [me], name=f"{tag}_eps"),
+                  helper.make_node("Div", [unit, me], [xn], name=f"{tag}_unit"),
+                  helper.make_node("QuantizeLinear", [xn, *quantized[x, shift][2:]], [q], name=f"{tag}_quantize")]
+        return nodes, quantized[x, shift]
+
     def qmatmul(x, w_name, out, tag, shift=None):
         w = numpy_helper.to_array(weights[w_name]).astype(np.float32)
         scale = (np.maximum(np.abs(w).max(0), 1e-12) / w_max).astype(np.float32)
-        q = np.clip(np.round(w / scale), -w_max, w_max)
+        w8 = np.clip(np.round(w / scale), -w_max, w_max)
         if shift is not None:
-            return shifted_qmatmul(x, q, scale, out, tag, shift)
-        q = (q + 128).astype(np.uint8) if unsigned_weights else q.astype(np.int8)
-        inits.append(numpy_helper.from_array(q, f"{tag}_w8"))
+            smooth = producer.get(x)
+            if smooth is not None and smooth.op_type == "Mul" and smooth.input[1] in weights:
+                shift = shift * numpy_helper.to_array(weights[smooth.input[1]]).astype(np.float32)  # x / s_j
+            shift = np.broadcast_to(np.asarray(shift, np.float32), w.shape[:1])
+            inits.append(numpy_helper.from_array(shift, f"{tag}_shift"))
+            inits.append(numpy_helper.from_array((shift @ (w8 * scale)).astype(np.float32), f"{tag}_unshift"))
+        inits.append(numpy_helper.from_array((w8 + 128).astype(np.uint8) if unsigned_weights else w8.astype(np.int8),
+                                             f"{tag}_w8"))
         inits.append(numpy_helper.from_array(scale, f"{tag}_wscale"))
-        a, m, me, xn, q, y = (f"{tag}_{k}" for k in ("abs", "max", "maxe", "unit", "u8", "y"))
-        return [helper.make_node("Abs", [x], [a], name=f"{tag}_abs"),
-                helper.make_node("ReduceMax", [a], [m], name=f"{tag}_reducemax", axes=[-1], keepdims=1),
-                helper.make_node("Max", [m, "pt_eps"], [me], name=f"{tag}_eps"),
-                helper.make_node("Div", [x, me], [xn], name=f"{tag}_unit"),
-                helper.make_node("QuantizeLinear", [xn, "pt_inv127", "pt_zp"], [q], name=f"{tag}_quantize"),
-                helper.make_node("MatMulIntegerToFloat", [q, f"{tag}_w8", "pt_inv127", f"{tag}_wscale", "pt_zp",
-                                                          "pt_wzp"], [y], name=f"{tag}_matmul",
-                                 domain="com.microsoft"),
-                helper.make_node("Mul", [y, me], [out], name=f"{tag}_rescale")]
-
-    def shifted_qmatmul(x, q, scale, out, tag, shift):
-        """x >= -shift (a GELU's output): x + shift quantized per token to u8 with zero point 0
-        (255 levels instead of ~130), the shift taken back after the GEMM."""
-        qw = (q + 128).astype(np.uint8) if unsigned_weights else q.astype(np.int8)
-        inits.append(numpy_helper.from_array(qw, f"{tag}_w8"))
-        inits.append(numpy_helper.from_array(scale, f"{tag}_wscale"))
-        smooth = producer.get(x)
-        if smooth is not None and smooth.op_type == "Mul" and smooth.input[1] in weights:
-            shift = shift * numpy_helper.to_array(weights[smooth.input[1]]).astype(np.float32)  # x / s_j
-        shift = np.asarray(shift, np.float32)
-        inits.append(numpy_helper.from_array(shift, f"{tag}_shift"))
-        unshift = (shift[:, None] if shift.ndim else shift) * (q * scale)
-        inits.append(numpy_helper.from_array(unshift.sum(0).astype(np.float32), f"{tag}_unshift"))
-        xs, m, me, xn, qa, y, ym = (f"{tag}_{k}" for k in ("shifted", "max", "maxe", "unit", "u8", "y", "ym"))
-        return [helper.make_node("Add", [x, f"{tag}_shift"], [xs], name=f"{tag}_shift"),
-                helper.make_node("ReduceMax", [xs], [m], name=f"{tag}_reducemax", axes=[-1], keepdims=1),
-                helper.make_node("Max", [m, "pt_eps"], [me], name=f"{tag}_eps"),
-                helper.make_node("Div", [xs, me], [xn], name=f"{tag}_unit"),
-                helper.make_node("QuantizeLinear", [xn, "pt_inv255", "pt_zp0"], [qa], name=f"{tag}_quantize"),
-                helper.make_node("MatMulIntegerToFloat", [qa, f"{tag}_w8", "pt_inv255", f"{tag}_wscale", "pt_zp0",
-                                                          "pt_wzp"], [y], name=f"{tag}_matmul",
-                                 domain="com.microsoft"),
-                helper.make_node("Mul", [y, me], [ym], name=f"{tag}_rescale"),
-                helper.make_node("Sub", [ym, f"{tag}_unshift"], [out], name=f"{tag}_unshift")]
+        nodes, (q, me, a_scale, a_zero) = quantize(x, tag, None if shift is None else f"{tag}_shift")
+        y = f"{tag}_y"
+        nodes += [helper.make_node("MatMulIntegerToFloat", [q, f"{tag}_w8", a_scale, f"{tag}_wscale", a_zero,
+                                                            "pt_wzp"], [y], name=f"{tag}_matmul",
+                                   domain="com.microsoft"),
+                  helper.make_node("Mul", [y, me], [out if shift is None else f"{tag}_ym"], name=f"{tag}_rescale")]
+        if shift is not None:
+            nodes.append(helper.make_node("Sub", [f"{tag}_ym", f"{tag}_unshift"], [out], name=f"{tag}_unshift"))
+        return nodes
 
     for i, n in enumerate(graph.node):
         tag = f"pt{i}"
