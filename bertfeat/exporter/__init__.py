@@ -418,12 +418,11 @@ def int8_recipes():
 
 
 def export_int8(name, depth=None, root=None, force=False):
-    """int8 from the fp32 export (recipes in exporter/int8.py): per-channel weights after
-    SmoothQuant-style scale migration, the FFN output projections in fp32, and activations
-    quantized per window (one window per call: fast) or, when that does not agree with fp32 on
-    every layer of this export on this machine, per token (batched). Agreement is measured per
-    layer at export (AGREEMENT_TEXT and SHORT_TEXT windows), recorded, and gated
-    (models.usable_layers)."""
+    """int8 from the fp32 export: per-channel weights after SmoothQuant-style scale migration,
+    activations quantized per token (batched) or per window (one window per call), by the first
+    of `int8_recipes()` that agrees with fp32 on every layer of this export on this machine.
+    Agreement is measured per layer at export (AGREEMENT_TEXT and SHORT_TEXT windows), recorded,
+    and gated (models.usable_layers)."""
     def calibrated(convert):
         def run(source, target, fp32_entry):
             m = read_manifest(fp32_entry)
