@@ -15,7 +15,7 @@ import numpy as np
 
 from .aggregate.groups import Stage, open_stage
 from .errors import BertfeatError, param
-from .models import file_sha256, layer_count, locate
+from .models import cosine, file_sha256, layer_count, locate
 from .progress import Progress, notice
 from .settings import DEFAULT_MODEL, BertSettings
 from .tables import check_connection_keywords, check_name, connect
@@ -268,7 +268,7 @@ def _model(settings, model_dir):
             weak = [k for k in settings.layers if k not in ok]
     if weak:
         per_layer = manifest.get("fp32_layer_cosine") or []
-        shown = ", ".join(f"layer {k} {per_layer[k]:.4f}" if k < len(per_layer) else f"layer {k}" for k in weak)
+        shown = ", ".join(f"layer {k} {cosine(per_layer[k])}" if k < len(per_layer) else f"layer {k}" for k in weak)
         raise BertfeatError(
             f"{param('--precision', settings.precision)} of {settings.model} does not agree with fp32 closely"
             f" enough on this machine ({shown}; window cosine < {manifest.get('min_cosine', MIN_COSINE)}): use"

@@ -207,12 +207,12 @@ def _list_models(args, progress):
 
 def _entry_info(manifest):
     """Depth, precision and agreement with its reference (PyTorch for fp32, fp32 otherwise)."""
-    from .models import usable_layers
+    from .models import cosine, usable_layers
     per_layer = manifest.get("fp32_layer_cosine")
     if manifest["precision"] == "fp32":
         agreement = f"max error {manifest['validation_max_error']:.1e}"
     else:
-        cosines = (" ".join(f"L{k} {c:.4f}" for k, c in enumerate(per_layer)) if per_layer
+        cosines = (" ".join(f"L{k} {cosine(c)}" for k, c in enumerate(per_layer)) if per_layer
                    else f"{manifest.get('fp32_min_window_cosine', float('nan')):.4f}")
         usable = " ".join(map(str, usable_layers(manifest))) or "none"
         agreement = f"min cosine to fp32 {cosines} (usable layers: {usable})"

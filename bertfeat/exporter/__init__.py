@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BertfeatError
-from ..models import (FAMILIES, MANIFEST, MIN_COSINE, OFFLINE_PACKAGES, OPSET, canonical_name,
+from ..models import (FAMILIES, MANIFEST, MIN_COSINE, cosine, OFFLINE_PACKAGES, OPSET, canonical_name,
                       check_precision, config_layers, entry_is_intact, file_sha256, fingerprint,
                       model_dir, read_manifest, safe_dir_name)
 from ..models import locate as _locate
@@ -203,9 +203,9 @@ def _cache_entry(final, force, build):
             with open(tmp / MANIFEST, "w") as f:
                 json.dump(manifest, f, indent=1)
             os.rename(tmp, final)
-            weak = [f"L{k} {c:.4f}" for k, c in enumerate(manifest.get("fp32_layer_cosine", []))
+            weak = [f"L{k} {cosine(c)}" for k, c in enumerate(manifest.get("fp32_layer_cosine", []))
                     if c < manifest.get("min_cosine", MIN_COSINE)]
-            agreement = (f"min window cosine to fp32 {manifest['fp32_min_window_cosine']:.4f}"
+            agreement = (f"min window cosine to fp32 {cosine(manifest['fp32_min_window_cosine'])}"
                          + (f"; runs asking for {', '.join(weak)} (< {MIN_COSINE}) are refused" if weak else "")
                          if manifest["precision"] != "fp32" else
                          f"max difference to PyTorch {manifest['validation_max_error']:.1e}")
@@ -394,9 +394,10 @@ def int8_recipes():
     """The int8 recipes (exporter/int8.py), convert(graph, target, calibration feeds), tried in
     this order at export, the first that agrees with fp32 on every layer of the export kept.
     Where this CPU's u8 x s8 sums cannot saturate (VNNI, AMX): per token with every MatMul in int8
-    (batched; 2.0x fp32 on the EPYC of bench/README.md), per window (one window per call, FFN
-    outputs fp32; 1.5x), per token with FFN outputs fp32 (1.5x; the one holding on
-    all-MiniLM-L6-v2's last layer), the per-token ones with 8-bit signed weights. Elsewhere: per
+    (batched; 2.0x fp32 on the EPYC of bench/README.md), the same with the last block's FFN output
+    fp32 (1.9x; the one holding on all-MiniLM-L6-v2's last layer there), per window (one window
+    per call, FFN outputs fp32; 1.3-1.5x), per token with FFN outputs fp32 (1.3-1.5x), the
+    per-token ones with 8-bit signed weights. Elsewhere: per
     window, per token with 7-bit weights, then with 8-bit unsigned ones (ONNX Runtime's u8 x u8
     GEMM widens to 16 bits: exact on every x86 CPU, the same integers as 8-bit signed weights,
     slower). Per token starts from the graph the fp32 export kept, per window from the fused one."""
@@ -404,9 +405,12 @@ def int8_recipes():
     recipes = [Recipe(f"dynamic-int8-per-window-7bit-weights-smoothquant{int8.SMOOTH_ALPHA}-ffn-output-fp32-agreement2",
                       int8.per_window, per_window=True)]
     if int8_dot_is_exact():
-        return [Recipe(f"int8-per-token-every-matmul-8bit-weights-smoothquant{int8.SMOOTH_ALPHA}"
-                       f"-ffn-output-{int8.FFN_OUTPUT_ALPHA}-shifted",
+        every = f"8bit-weights-smoothquant{int8.SMOOTH_ALPHA}-ffn-output-{int8.FFN_OUTPUT_ALPHA}-shifted"
+        return [Recipe(f"int8-per-token-every-matmul-{every}",
                        functools.partial(int8.per_token, weight_bits=8, ffn_outputs=True),
+                       extra={"needs_int8_dot": True}, graph="kept"),
+                Recipe(f"int8-per-token-all-but-the-last-ffn-output-{every}",
+                       functools.partial(int8.per_token, weight_bits=8, ffn_outputs=True, last_ffn_output=False),
                        extra={"needs_int8_dot": True}, graph="kept"),
                 *recipes,
                 Recipe(per_token.format("8bit-weights"), functools.partial(int8.per_token, weight_bits=8),
@@ -500,9 +504,9 @@ def _derive(name, precision, depth, root, force, recipes):
         per_layer, provider, recipe, optimizations = tried[label]
         if len(tried) > 1:
             first = next(iter(tried))
-            weak = ", ".join(f"L{k} {c:.4f}" for k, c in enumerate(tried[first][0]) if c < MIN_COSINE)
+            weak = ", ".join(f"L{k} {cosine(c)}" for k, c in enumerate(tried[first][0]) if c < MIN_COSINE)
             notice(f"{precision} recipe {first.split('-smooth')[0]} agrees with fp32 below {MIN_COSINE} here on"
-                   f" {weak}; " + (f"using {label.split('-smooth')[0]} instead (min {min(per_layer):.4f})"
+                   f" {weak}; " + (f"using {label.split('-smooth')[0]} instead (min {cosine(min(per_layer))})"
                                    if label != first else "no other recipe does better"))
         if per_layer[0] < MIN_COSINE:
             raise BertfeatError(f"{precision} export of {name} agrees with fp32 only to cosine"
