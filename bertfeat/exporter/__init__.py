@@ -394,10 +394,9 @@ def int8_recipes():
     """The int8 recipes (exporter/int8.py), convert(graph, target, calibration feeds), tried in
     this order at export, the first that agrees with fp32 on every layer of the export kept.
     Where this CPU's u8 x s8 sums cannot saturate (VNNI, AMX): per token with every MatMul in int8
-    (batched; 2.0x fp32 on the EPYC of bench/README.md), the same with the last block's FFN output
-    fp32 (1.9x; the one holding on all-MiniLM-L6-v2's last layer there), per window (one window
-    per call, FFN outputs fp32; 1.3-1.5x), per token with FFN outputs fp32 (1.3-1.5x), the
-    per-token ones with 8-bit signed weights. Elsewhere: per
+    (batched; 2.0x fp32 on the EPYC of bench/README.md), per window (one window per call, FFN
+    outputs fp32; 1.3-1.5x), per token with FFN outputs fp32 (1.3-1.5x; the one holding on
+    all-MiniLM-L6-v2's last layer), the per-token ones with 8-bit signed weights. Elsewhere: per
     window, per token with 7-bit weights, then with 8-bit unsigned ones (ONNX Runtime's u8 x u8
     GEMM widens to 16 bits: exact on every x86 CPU, the same integers as 8-bit signed weights,
     slower). Per token starts from the graph the fp32 export kept, per window from the fused one."""
@@ -408,9 +407,6 @@ def int8_recipes():
         every = f"8bit-weights-smoothquant{int8.SMOOTH_ALPHA}-ffn-output-{int8.FFN_OUTPUT_ALPHA}-shifted"
         return [Recipe(f"int8-per-token-every-matmul-{every}",
                        functools.partial(int8.per_token, weight_bits=8, ffn_outputs=True),
-                       extra={"needs_int8_dot": True}, graph="kept"),
-                Recipe(f"int8-per-token-all-but-the-last-ffn-output-{every}",
-                       functools.partial(int8.per_token, weight_bits=8, ffn_outputs=True, last_ffn_output=False),
                        extra={"needs_int8_dot": True}, graph="kept"),
                 *recipes,
                 Recipe(per_token.format("8bit-weights"), functools.partial(int8.per_token, weight_bits=8),

@@ -51,19 +51,16 @@ def per_window(fp32_model, target, feeds):
         leftover.unlink()
 
 
-def per_token(fp32_model, target, feeds, weight_bits=8, unsigned_weights=False, ffn_outputs=False,
-              last_ffn_output=True):
+def per_token(fp32_model, target, feeds, weight_bits=8, unsigned_weights=False, ffn_outputs=False):
     """Per-token int8 (`per_token_int8`) of the smoothed graph at `target`; the FFN output
-    projections stay fp32 unless `ffn_outputs`: then they are int8 too (the last block's only if
-    `last_ffn_output`), their GELU input smoothed less (FFN_OUTPUT_ALPHA) and shifted by GELU_MIN
-    before it is quantized (`per_token_int8`)."""
+    projections stay fp32 unless `ffn_outputs`: then they are int8 too, their GELU input smoothed
+    less (FFN_OUTPUT_ALPHA) and shifted by GELU_MIN before it is quantized (`per_token_int8`)."""
     ffn2 = ffn_output_matmuls(fp32_model)
     if ffn_outputs:
-        keep = () if last_ffn_output else ffn2[-1:]
         smoothed = smooth_activations(fp32_model, target.parent / "smoothed.onnx", feeds, SMOOTH_ALPHA,
-                                      alphas={n: FFN_OUTPUT_ALPHA for n in ffn2}, skip=keep)
-        per_token_int8(smoothed, target, skip=keep, weight_bits=weight_bits, unsigned_weights=unsigned_weights,
-                       shifted={n: GELU_MIN for n in ffn2 if n not in keep})
+                                      alphas={n: FFN_OUTPUT_ALPHA for n in ffn2})
+        per_token_int8(smoothed, target, weight_bits=weight_bits, unsigned_weights=unsigned_weights,
+                       shifted={n: GELU_MIN for n in ffn2})
     else:
         smoothed = smooth_activations(fp32_model, target.parent / "smoothed.onnx", feeds, SMOOTH_ALPHA, skip=ffn2)
         per_token_int8(smoothed, target, skip=ffn2, weight_bits=weight_bits, unsigned_weights=unsigned_weights)
