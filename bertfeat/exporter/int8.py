@@ -2,8 +2,9 @@
 
 Two recipes share one preparation: SmoothQuant-style scale migration (`smooth_activations`:
 the few outlier channels of the activations that feed attention and the FFN are shrunk into the
-weights) with each block's FFN output projection left in fp32 (`ffn_output_matmuls`: its
-post-GELU input quantizes worst). Weights are per output channel. CPUs without VNNI (AVX2,
+weights), with each block's FFN output projection (`ffn_output_matmuls`: its post-GELU input
+quantizes worst) left in fp32, or, per token on CPUs with VNNI/AMX, quantized from a shifted
+input (`per_token(ffn_outputs=True)`). Weights are per output channel. CPUs without VNNI (AVX2,
 AVX-512 without VNNI) sum u8 x s8 products in pairs into 16 bits, which 8-bit weights can
 saturate; with 7 bits no pair sum can (2 x 255 x 64 < 2^15) on any x86 CPU. ONNX Runtime's
 u8 x u8 GEMM widens both to 16 bits first, so 8-bit weights stored unsigned (+128, zero point 128)
@@ -113,8 +114,6 @@ def per_token_int8(src, target, skip=(), weight_bits=8, unsigned_weights=False, 
     inits = [numpy_helper.from_array(np.array(v), k) for k, v in consts.items()]
     nodes, w_max = [], 2 ** (weight_bits - 1) - 1
     producer = {o: n for n in graph.node for o in n.output}
-
-
     quantized = {}  # (input, shift) -> (u8, per-token max, scale, zero point): Q, K and V share one
 
     def quantize(x, tag, shift):
