@@ -57,14 +57,11 @@ def per_token(fp32_model, target, feeds, weight_bits=8, unsigned_weights=False, 
     projections stay fp32 unless `ffn_outputs`: then they are int8 too, their GELU input smoothed
     less (FFN_OUTPUT_ALPHA) and shifted by GELU_MIN before it is quantized (`per_token_int8`)."""
     ffn2 = ffn_output_matmuls(fp32_model)
-    if ffn_outputs:
-        smoothed = smooth_activations(fp32_model, target.parent / "smoothed.onnx", feeds, SMOOTH_ALPHA,
-                                      alphas={n: FFN_OUTPUT_ALPHA for n in ffn2})
-        per_token_int8(smoothed, target, weight_bits=weight_bits, unsigned_weights=unsigned_weights,
-                       shifted={n: GELU_MIN for n in ffn2})
-    else:
-        smoothed = smooth_activations(fp32_model, target.parent / "smoothed.onnx", feeds, SMOOTH_ALPHA, skip=ffn2)
-        per_token_int8(smoothed, target, skip=ffn2, weight_bits=weight_bits, unsigned_weights=unsigned_weights)
+    keep = () if ffn_outputs else ffn2  # nodes kept fp32 are neither smoothed nor shifted
+    smoothed = smooth_activations(fp32_model, target.parent / "smoothed.onnx", feeds, SMOOTH_ALPHA, skip=keep,
+                                  alphas={n: FFN_OUTPUT_ALPHA for n in ffn2})
+    per_token_int8(smoothed, target, skip=keep, weight_bits=weight_bits, unsigned_weights=unsigned_weights,
+                   shifted={n: GELU_MIN for n in ffn2})
     smoothed.unlink()
 
 
