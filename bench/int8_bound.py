@@ -13,48 +13,20 @@ the rest (the rest - LayerNorm, GELU, Softmax, Adds, Transposes - stays fp32 in 
 A target above the second bound needs faster non-GEMM kernels, not a better int8 recipe.
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from add_bert import DEFAULT_CSV, MODEL, ROOT, windows_by_group  # noqa: E402
-from runtime import batches_of, cpu_isa  # noqa: E402
+from profile_ops import ort_profile  # noqa: E402
+from runtime import cpu_isa  # noqa: E402
 
 GEMM = {"MatMul", "FusedMatMul", "Gemm", "MatMulIntegerToFloat", "MatMulInteger", "Attention", "QAttention"}
 QUANTIZING = {"Abs", "ReduceMax", "Max", "Div", "QuantizeLinear", "DynamicQuantizeLinear", "Sub"}
-
-
-def profile(path, windows, lengths, batches, layer, work):
-    """(wall seconds of the profiled pass, {op type: kernel seconds})."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
-    options.enable_profiling = True
-    options.profile_file_prefix = str(work / Path(path).stem)
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    feed = lambda ids, types, mask: {k: v for k, v in zip(  # noqa: E731
-        ("input_ids", "token_type_ids", "attention_mask", "layers"), (ids, types, mask, layer)) if k in names}
-    for batch in batches_of(windows, lengths, batches):  # warm-up, dropped below
-        sess.run(None, feed(*batch))
-    t = time.perf_counter()
-    for batch in batches_of(windows, lengths, batches):
-        sess.run(None, feed(*batch))
-    seconds = time.perf_counter() - t
-    events = json.load(open(sess.end_profiling()))
-    runs = [e for e in events if e.get("name") == "model_run"]
-    second_half = runs[len(runs) // 2]["ts"]
-    ops = {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= second_half:
-            ops[e["args"]["op_name"]] = ops.get(e["args"]["op_name"], 0) + e["dur"] / 1e6
-    return seconds, ops
 
 
 def main():
@@ -78,12 +50,11 @@ def main():
     recipe = next(r for r in int8_recipes() if not r.per_window)  # batched like fp32: one profile each
     source = _fused_source(fp32, manifest, work / "fused.onnx")[0] if recipe.graph == "fused" else fp32 / "model.onnx"
     recipe.convert(source, work / "int8.onnx", feeds)
-    layer = np.asarray([4], np.int64)
     print(f"# {cpu_isa()}; exact int8 sums: {int8_dot_is_exact()}; {os.cpu_count()} CPUs; onnxruntime"
           f" {ort.__version__}; {n_posts} msgs100u posts, {len(windows)} windows, {int(lengths.sum())} real"
           f" tokens, {len(batches)} batches; 2 threads\n# int8: {recipe.label}\n")
-    sides = {"fp32": profile(fp32 / "model.onnx", windows, lengths, batches, layer, work),
-             "int8": profile(work / "int8.onnx", windows, lengths, batches, layer, work)}
+    sides = {"fp32": ort_profile(fp32 / "model.onnx", 2, 4, windows, lengths, batches, str(work)),
+             "int8": ort_profile(work / "int8.onnx", 2, 4, windows, lengths, batches, str(work))}
     ops = sorted({k for _, o in sides.values() for k in o}, key=lambda k: -max(o.get(k, 0) for _, o in sides.values()))
     print("| op type | fp32 s | int8 s |\n|---|---:|---:|")
     for k in ops:

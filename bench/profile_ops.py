@@ -34,17 +34,19 @@ def kind(name):
     return next((k for k, keys in KINDS if any(s in low for s in keys)), "other (add, reshape, copy, ...)")
 
 
-def ort_profile(enc, windows, lengths, batches, work):
+def ort_profile(model, threads, layer, windows, lengths, batches, work):
+    """ONNX Runtime's profile of `model` (its CPU provider, `threads` threads) on the batches, run
+    once to warm up, then once profiled: (wall seconds of that pass, {op type: kernel seconds})."""
     import onnxruntime as ort
     options = ort.SessionOptions()
-    options.intra_op_num_threads = enc.threads
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(work, "ort")
-    sess = ort.InferenceSession(str(enc.entry / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    options.profile_file_prefix = os.path.join(work, Path(model).stem)
+    sess = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    layer = np.asarray([enc.depth - 1], np.int64)  # the default layer, as a run asks for it
+    layer = np.asarray([layer], np.int64)
     feeds = lambda ids, types, mask: {n: v for n, v in  # noqa: E731
                                       zip(("input_ids", "token_type_ids", "attention_mask", "layers"),
                                           (ids, types, mask, layer)) if n in names}
@@ -60,8 +62,7 @@ def ort_profile(enc, windows, lengths, batches, work):
     out = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= second_half:
-            k = kind(e["args"]["op_name"])
-            out[k] = out.get(k, 0) + e["dur"] / 1e6
+            out[e["args"]["op_name"]] = out.get(e["args"]["op_name"], 0) + e["dur"] / 1e6
     return seconds, out
 
 
@@ -106,7 +107,11 @@ def main():
     real = int(lengths.sum())
     print(f"# {cpu_isa()}; {os.cpu_count()} CPUs; numpy fp32 GEMM {gemm_rate() / 1e9:.0f} GFLOP/s; {enc.threads}"
           f" threads; {n_msgs} msgs100u posts, {len(windows)} windows, {real} real tokens, {len(batches)} batches")
-    ort_s, ort_ops = ort_profile(enc, windows, lengths, batches, work)
+    ort_s, by_op = ort_profile(enc.entry / "model.onnx", enc.threads, enc.depth - 1,  # the default layer
+                               windows, lengths, batches, work)
+    ort_ops = {}
+    for op, sec in by_op.items():
+        ort_ops[kind(op)] = ort_ops.get(kind(op), 0) + sec
     torch_s, torch_ops = torch_profile(enc, windows, lengths, batches, enc.depth)
     print(f"\nwall: ONNX Runtime {ort_s:.2f} s ({real / ort_s:.0f} real tok/s), PyTorch eager (same 5 layers,"
           f" same batches) {torch_s:.2f} s ({real / torch_s:.0f} real tok/s): ORT/PyTorch speed"
