@@ -3,14 +3,15 @@
     .venv/bin/python bench/int8_bound.py [--limit 150] [--model_dir DIR]
 
 bertfeat's fp32 export of all-MiniLM-L6-v2 (depth 5, the default run's) and the int8 recipe this
-CPU tries first, built by the exporter's own code from it (every MatMul in int8, per token, where
-u8 x s8 sums are exact; else per token with 8-bit unsigned weights), each profiled once after a
+CPU batches first, built by the exporter's own code from it (per token with every MatMul in int8
+where u8 x s8 sums are exact; else per token with 7-bit weights), each profiled once after a
 warm-up on the same length-sorted batches of msgs100u's windows, 2 threads. Printed: seconds per
 op type, then Amdahl's bounds on int8's speed-up over fp32 from fp32's own split into GEMMs and
 the rest (the rest - LayerNorm, GELU, Softmax, Adds, Transposes - stays fp32 in every int8 recipe):
   with int8 GEMMs as fast as measured here and the per-token quantization free,
   with int8 GEMMs 4x fp32's (what VNNI's instructions allow at most) and the quantization free.
-A target above the second bound needs faster non-GEMM kernels, not a better int8 recipe.
+Attention's two fp32 products count as GEMMs there, as if they sped up too: both bounds are
+generous. A target above the second bound needs faster non-GEMM kernels, not a better int8 recipe.
 """
 import argparse
 import os
