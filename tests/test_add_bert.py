@@ -12,7 +12,7 @@ import pytest
 import bertfeat
 from bertfeat.tables import connect
 
-from conftest import NOISY_STAGE, kill_at
+from conftest import NOISY_STAGE, kill_at, write_rows_csv
 from reference import Reference, feature_vectors, load_messages
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -136,11 +136,7 @@ def test_order_batch_size_and_threads_do_not_matter(precision, corpus, corpus_cs
     with open(corpus_csv, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     rng = np.random.default_rng(0)
-    shuffled = tmp_path / "shuffled.csv"
-    with open(shuffled, "w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows([rows[i] for i in rng.permutation(len(rows))])
+    shuffled = write_rows_csv(tmp_path / "shuffled.csv", [rows[i] for i in rng.permutation(len(rows))])
     conn2 = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
     bertfeat.import_csv("s", "msgs", str(shuffled), progress=False, **conn2)
     s = run("s", conn2, model_cache, tmp_path / "b", batch_tokens=600, threads=1, precision=precision,
@@ -301,11 +297,8 @@ def test_text_group_and_message_ids_on_both_engines(corpus_csv, corpus, model_ca
                                                                   conn))
     with open(corpus_csv, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
-    text_csv = tmp_path / "text_ids.csv"
-    with open(text_csv, "w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows({**r, "message_id": f"m{r['message_id']}", "user_id": f"u{r['user_id']}"} for r in rows)
+    text_csv = write_rows_csv(tmp_path / "text_ids.csv",
+                              ({**r, "message_id": f"m{r['message_id']}", "user_id": f"u{r['user_id']}"} for r in rows))
     my_name, my = mysql_db
     for db, c, stage in (("t", {"db_engine": "duckdb", "db_dir": str(tmp_path)}, tmp_path / "sd"),
                          (my_name, my, tmp_path / "sm")):
