@@ -332,7 +332,7 @@ def test_fp32_keeps_the_graph_that_runs_faster_here_and_derived_exports_start_fr
     int8 from the kept one."""
     import onnx
     from bertfeat import exporter
-    monkeypatch.setattr(exporter, "_seconds", lambda paths, batch: [1.0, 2.0] if plain_faster else [2.0, 1.0])
+    monkeypatch.setattr(exporter, "_seconds", lambda paths, batch, **_: [1.0, 2.0] if plain_faster else [2.0, 1.0])
     cache = str(tmp_path)
     entry = locate(tiny["bert"], 2, "fp32", cache)
     ops = {n.op_type for n in onnx.load(str(entry / "model.onnx")).graph.node}
@@ -351,7 +351,7 @@ def test_fp32_keeps_the_graph_that_runs_faster_here_and_derived_exports_start_fr
         assert sorted(os.listdir(derived)) == ["manifest.json", "model.onnx", "tokenizer.json"]
     assert read_manifest(entry)["validation_max_error"] <= 1e-4  # the kept graph was the one validated
     # made again (forced, or after corruption): the same graph, whatever the timing says now
-    monkeypatch.setattr(exporter, "_seconds", lambda paths, batch: [2.0, 1.0] if plain_faster else [1.0, 2.0])
+    monkeypatch.setattr(exporter, "_seconds", lambda paths, batch, **_: [2.0, 1.0] if plain_faster else [1.0, 2.0])
     again = exporter.export(tiny["bert"], "fp32", 2, cache, force=True)
     assert again == entry and read_manifest(again)["optimizations"] == optimizations
 

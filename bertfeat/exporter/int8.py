@@ -210,23 +210,7 @@ def ffn_output_matmuls(model_path):
 
 def _activation_max(src, acts, feeds):
     """Per channel, max |x| of each named activation over `feeds`, run by the fp32 graph."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
-    probe = onnx.load(str(src))
-    known = {o.name for o in probe.graph.output}
-    for name in acts:
-        if name not in known:
-            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    amax = {a: None for a in acts}
-    inputs = {i.name for i in sess.get_inputs()}
-    for feed in feeds:
-        outs = sess.run(acts, {k: v for k, v in feed.items() if k in inputs})
-        for a, x in zip(acts, outs):
-            m = np.abs(x).reshape(-1, x.shape[-1]).max(0)
-            amax[a] = m if amax[a] is None else np.maximum(amax[a], m)
-    return amax
+    return {a: np.abs(x).max(0) for a, x in _activations(src, acts, feeds).items()}
 
 
 def _sort_smoothing_muls(graph):
@@ -281,3 +265,122 @@ def smooth_activations(src, target, feeds, alpha=0.5, skip=(), alphas=None):
     return target
 
 
+
+
+def quantizable_matmuls(model_path, skip=()):
+    """Names of the nodes `per_token_int8` would compute in int8 (MatMuls with their own 2-D
+    weight, fused Attentions' QKV projections), in graph order."""
+    import onnx
+    graph = onnx.load(str(model_path)).graph
+    own_weight = _own_2d_weight(graph)
+    return [n.name for n in graph.node if n.op_type in ("MatMul", "Attention") and n.name not in skip
+            and own_weight(n)]
+
+
+def sensitivity(model_path, feeds, names, weight_bits=8, shifted=None):
+    """{node: relative error of its output when it alone is int8}, estimated in NumPy from its
+    fp32 input on `feeds`: per-token activations (255 levels above -c where `shifted` gives c,
+    else 127 each side of zero) times per-column `weight_bits` weights, against the fp32 product;
+    ||int8 - fp32|| / ||fp32|| over every token. The search (`mixed_precision`) keeps the worst
+    fp32 first."""
+    import onnx
+    from onnx import numpy_helper
+    graph = onnx.load(str(model_path)).graph
+    weights = {i.name: i for i in graph.initializer}
+    nodes = {n.name: n for n in graph.node}
+    producer = {o: n for n in graph.node for o in n.output}
+    inputs = _activations(model_path, sorted({nodes[k].input[0] for k in names}), feeds)
+    w_max, out = 2 ** (weight_bits - 1) - 1, {}
+    for k in names:
+        n = nodes[k]
+        x = inputs[n.input[0]]
+        w = numpy_helper.to_array(weights[n.input[1]]).astype(np.float32)
+        scale = np.maximum(np.abs(w).max(0), 1e-12) / w_max
+        wq = np.clip(np.round(w / scale), -w_max, w_max) * scale
+        c = (shifted or {}).get(k)
+        if c is None:
+            m = np.maximum(np.abs(x).max(1, keepdims=True), 1e-12)
+            xq = np.round(x / m * 127) / 127 * m
+        else:
+            smooth = producer.get(n.input[0])
+            if smooth is not None and smooth.op_type == "Mul" and smooth.input[1] in weights:
+                c = c * numpy_helper.to_array(weights[smooth.input[1]]).astype(np.float32)
+            xs = x + c
+            m = np.maximum(xs.max(1, keepdims=True), 1e-12)
+            xq = np.round(xs / m * 255) / 255 * m - c
+        y = x @ w
+        out[k] = float(np.linalg.norm(xq @ wq - y) / max(np.linalg.norm(y), 1e-12))
+    return out
+
+
+def _activations(src, acts, feeds):
+    """Each named activation over `feeds`, as rows of its last dimension (tokens x channels)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+    probe = onnx.load(str(src))
+    known = {o.name for o in probe.graph.output}
+    for name in acts:
+        if name not in known:
+            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    del probe
+    names = {i.name for i in sess.get_inputs()}
+    rows = {a: [] for a in acts}
+    for feed in feeds:
+        for a, x in zip(acts, sess.run(acts, {k: v for k, v in feed.items() if k in names})):
+            rows[a].append(x.reshape(-1, x.shape[-1]))
+    return {a: np.concatenate(v) for a, v in rows.items()}
+
+
+def mixed_precision(build, agrees, ranked):
+    """The fewest of `ranked` (most damaging first) to keep fp32 so that `agrees(build(keep))`:
+    none first, then 1, 2, 4, ... and a bisection between the last count that failed and the
+    first that held (agreement falls as fewer are kept; each try builds and measures the graph).
+    Returns (keep, what `agrees` returned for it, tries)."""
+    tries, built = {}, []
+
+    def attempt(k):
+        if k not in tries:
+            built.append(k)
+            tries[k] = agrees(build(ranked[:k]))
+        return tries[k][0]
+    low, high = -1, 0  # low: largest count known to fail; high: the count tried now
+    while not attempt(high):
+        if high >= len(ranked):
+            return None, tries[high][1], len(tries)
+        low, high = high, min(len(ranked), max(1, 2 * high))
+    while high - low > 1:
+        mid = (low + high) // 2
+        if attempt(mid):
+            high = mid
+        else:
+            low = mid
+    if built[-1] != high:
+        build(ranked[:high])  # the graph left at the target is the one chosen
+    return ranked[:high], tries[high][1], len(tries)
+
+
+def per_token_mixed(fp32_model, target, feeds, agrees, weight_bits=8, unsigned_weights=False, ffn_outputs=True):
+    """`per_token` with the fewest MatMuls kept fp32 for `agrees(graph)` to hold (every layer
+    at the gate): ranked by `sensitivity` on `feeds`, searched by `mixed_precision`. One smoothing
+    serves every try (a MatMul kept fp32 computes the same product, smoothed or not). Returns
+    the manifest's record: which MatMuls stayed fp32, of how many, and how many graphs were tried."""
+    ffn2 = ffn_output_matmuls(fp32_model)
+    keep = () if ffn_outputs else tuple(ffn2)
+    shifted = {n: GELU_MIN for n in ffn2} if ffn_outputs else {}
+    smoothed = smooth_activations(fp32_model, target.parent / "smoothed.onnx", feeds, SMOOTH_ALPHA, skip=keep,
+                                  alphas={n: FFN_OUTPUT_ALPHA for n in ffn2})
+    names = quantizable_matmuls(smoothed, skip=keep)
+    err = sensitivity(smoothed, feeds, names, weight_bits, shifted)
+    ranked = sorted(names, key=lambda k: -err[k])
+
+    def build(more):
+        return per_token_int8(smoothed, target, skip={*keep, *more}, weight_bits=weight_bits,
+                              unsigned_weights=unsigned_weights, shifted=shifted)
+    chosen, _, tries = mixed_precision(build, agrees, ranked)
+    smoothed.unlink()
+    if chosen is None:  # every MatMul fp32 and still below: leave the last try for the caller's gate
+        chosen = ranked
+    return {"int8_fp32_matmuls": list(keep) + list(chosen), "int8_matmuls": len(names) - len(chosen),
+            "int8_search_tries": tries}
