@@ -396,8 +396,9 @@ def _best_graph(tmp, batch, reference, config, name, previous=None):
 def _seconds(paths, batch, rounds=7, budget_s=6.0, per_window=None):
     """Best-of-`rounds` seconds of each graph (rounds alternate between them, so a slow spell of
     the machine hits all; past `budget_s` seconds, 3 rounds are enough: a base-size model's
-    round takes ~1 s on 2 cores, so 7 cost 16 s of its export) on batches shaped like bertfeat's: 1024 tokens of windows of 16 and of
-    64 pieces (msgs100u's windows average 43), ids from the validation batch, the deepest layer."""
+    round takes ~1 s on 2 cores, so 7 cost 16 s of its export) on batches shaped like
+    bertfeat's: 1024 tokens of windows of 16 and of 64 pieces (msgs100u's windows average 43),
+    ids from `batch`, the deepest layer. A graph marked in `per_window` runs a window per call."""
     import onnxruntime as ort
 
     from ..runtime import physical_cores
