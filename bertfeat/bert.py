@@ -15,7 +15,7 @@ import numpy as np
 
 from .aggregate.groups import Stage, open_stage
 from .errors import BertfeatError, param
-from .models import cosine, file_sha256, layer_count, locate
+from .models import INT8_PAYS, cosine, file_sha256, layer_count, locate
 from .progress import Progress, notice
 from .settings import DEFAULT_MODEL, BertSettings
 from .tables import check_connection_keywords, check_name, connect
@@ -274,6 +274,10 @@ def _model(settings, model_dir):
             f" enough on this machine ({shown}; window cosine < {manifest.get('min_cosine', MIN_COSINE)}): use"
             f" {param('--precision', 'fp32')}" + (f", or {param('--bert_layers')} among {' '.join(map(str, ok))}"
                                                    if ok else ""))
+    speedup = manifest.get("speedup_vs_fp32")
+    if settings.precision == "int8" and speedup is not None and speedup < INT8_PAYS:
+        notice(f"int8 ran at {speedup}x fp32's speed on the CPU that exported it: no faster here;"
+               f" {param('--precision', 'fp32')} gives exact features at about the same speed")
     return settings, entry, manifest
 
 

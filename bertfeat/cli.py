@@ -77,7 +77,8 @@ def build_parser():
     bert.add_argument("--batch_size", dest="emb_batch_size", type=int, default=None,
                       help="accepted for DLATK; bertfeat batches by tokens (--batch_tokens)")
     bert.add_argument("--dlatk_compat", action="store_true",
-                      help="reproduce DLATK 1.3.15's numbers (its token positions); table name ends _dlatk")
+                      help="reproduce DLATK 1.3.15's numbers (its token positions), in a table whose feature name"
+                           " ends _dlatk: feat$<featname>_dlatk$T$F$16to16")
     bert.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                       help="run inference on Ray actors: no address = a local Ray, 'auto' or host:port = join"
                            " that cluster (pip install 'bertfeat[ray]')")
@@ -216,6 +217,10 @@ def _entry_info(manifest):
                    else f"{manifest.get('fp32_min_window_cosine', float('nan')):.4f}")
         usable = " ".join(map(str, usable_layers(manifest))) or "none"
         agreement = f"min cosine to fp32 {cosines} (usable layers: {usable})"
+        if "speedup_vs_fp32" in manifest:
+            agreement += f"; {manifest['speedup_vs_fp32']}x fp32's speed at export"
+        if manifest.get("int8_fp32_matmuls"):
+            agreement += f"; {len(manifest['int8_fp32_matmuls'])} MatMuls kept fp32"
     return f"depth {manifest['depth']}/{manifest['layers']} {manifest['precision']} {agreement}"
 
 

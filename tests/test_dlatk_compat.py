@@ -60,3 +60,19 @@ def test_default_stays_the_aligned_computation(dlatk):
                                    for g in expected) > 1e-2
     with pytest.raises(bertfeat.BertfeatError, match="context mode only"):
         run(conn, work, dlatk_compat=True, bert_no_context=True)
+
+
+def test_the_docs_name_the_table_the_code_writes():
+    """README, --help and docs/features.md say where `_dlatk` goes: on the feature name."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from bertfeat.settings import BertSettings
+    name = BertSettings(model="sentence-transformers/all-MiniLM-L6-v2", dlatk_compat=True).for_model(6) \
+        .table_name("msgs", "user_id")
+    assert name == "feat$all_Mi_L6_v2_meL4co_dlatk$msgs$user_id$16to16"
+    root = Path(__file__).resolve().parent.parent
+    for doc in ("README.md", "docs/features.md"):
+        assert name in (root / doc).read_text(), doc
+    help_text = subprocess.run([sys.executable, "-m", "bertfeat.cli", "--help"], capture_output=True, text=True).stdout
+    assert "feat$<featname>_dlatk$T$F$16to16" in " ".join(help_text.split())

@@ -371,3 +371,51 @@ def test_a_local_folder_is_hashed_once_until_it_changes(tiny, tmp_path, monkeypa
     (folder / "config.json").write_text(json.dumps({**config, "note": "edited"}))
     assert models.fingerprint(str(folder), 2, "fp32", str(tmp_path / "m")) != first
     assert len(hashed) == n + 1  # only the changed file
+
+
+def test_mixed_precision_keeps_the_fewest_most_damaging_first():
+    """The search (exporter/int8.mixed_precision): agreement that holds once the first k of the
+    ranking are kept fp32 is found with k minimal, each count built at most once, the graph of
+    the chosen count built last; when even all of them fp32 miss, it says so (None)."""
+    from bertfeat.exporter.int8 import mixed_precision
+    ranked = [f"m{i}" for i in range(40)]
+    for need in (0, 1, 2, 3, 7, 8, 21, 40):
+        built = []
+
+        def build(keep, built=built):
+            built.append(len(keep))
+            return keep
+
+        keep, record, tries = mixed_precision(build, lambda keep, need=need: (len(keep) >= need, len(keep)), ranked)
+        assert keep == ranked[:need] and record == need and built[-1] == need
+        assert len(set(built[:-1])) == len(built[:-1]) and tries <= 2 * 6 + 1
+    keep, _, _ = mixed_precision(lambda keep: keep, lambda keep: (False, None), ranked)
+    assert keep is None
+
+
+def test_int8_search_records_what_it_kept_fp32_and_its_speed(tiny, tmp_path, monkeypatch):
+    """With a gate this tiny random model's fully int8 graph misses, the export keeps MatMuls
+    fp32, most damaging first, until every layer passes: the manifest names them, every layer
+    is usable and measured >= the gate on real windows, and int8's speed against fp32 measured
+    at export is recorded and shown by --list_models."""
+    from bertfeat import exporter
+    from bertfeat.models import usable_layers
+    from test_accuracy import real_windows, worst_window_cosines
+    cache = str(tmp_path / "m")
+    fp32 = Encoder(locate(tiny["bert"], 3, "fp32", cache))
+    windows = real_windows(fp32, 150)
+    plain = read_manifest(exporter.export(tiny["bert"], "int8", 3, cache))
+    strict = min(0.99999, (1 + min(plain["fp32_layer_cosine"])) / 2)  # between int8-everywhere and exact
+    monkeypatch.setattr(exporter, "MIN_COSINE", strict)
+    recipes = exporter.int8_recipes
+    monkeypatch.setattr(exporter, "int8_recipes", lambda: [r for r in recipes() if r.searched])
+    entry = exporter.export(tiny["bert"], "int8", 3, cache, force=True)
+    m = read_manifest(entry)
+    assert m["int8_fp32_matmuls"] and m["int8_matmuls"] > 0 and m["int8_search_tries"] >= 2, m
+    assert m["min_cosine"] == strict and usable_layers(m) == [0, 1, 2]
+    worst = worst_window_cosines(fp32.run(windows, [0, 1, 2]), Encoder(entry).run(windows, [0, 1, 2]), 3)
+    assert min(worst) >= 0.995, worst
+    assert m["speedup_vs_fp32"] > 0
+    listed = subprocess.run([sys.executable, "-m", "bertfeat.cli", "--list_models", "--model_dir", cache],
+                            capture_output=True, text=True).stdout
+    assert f"{m['speedup_vs_fp32']}x fp32's speed at export" in listed and "MatMuls kept fp32" in listed

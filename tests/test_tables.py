@@ -58,3 +58,15 @@ def test_import_types_primary_key_and_multiline(tmp_path, duck, mysql_db):
             # message_id is the primary key: the driver's own integrity error
             with pytest.raises((duckdb.ConstraintException, pymysql.err.IntegrityError)):
                 engine.execute("INSERT INTO m (message_id, user_id, message) VALUES (1, 1, 'x')")
+
+
+@pytest.mark.parametrize("engine_name", ["duckdb", "mysql"])
+def test_a_csv_with_a_utf8_byte_order_mark_imports(engine_name, tmp_path, duck, request):
+    """Excel's "CSV UTF-8" starts the file with a BOM: it is not part of the first column's name."""
+    db, conn = ("b", duck) if engine_name == "duckdb" else request.getfixturevalue("mysql_db")
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b'\xef\xbb\xbfmessage_id,user_id,message\n1,7,"hi."\n2,7,"\xc3\xa9t\xc3\xa9."\n')
+    s = bertfeat.import_csv(db, "msgs", str(path), progress=False, **conn)
+    assert s["columns"] == ["message_id", "user_id", "message"] and s["rows"] == 2
+    with connect(db, **conn) as engine:
+        assert sorted(engine.query("SELECT message_id, message FROM msgs")) == [(1, "hi."), (2, "\u00e9t\u00e9.")]

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BertfeatError
-from ..models import (FAMILIES, MANIFEST, MIN_COSINE, cosine, OFFLINE_PACKAGES, OPSET, canonical_name,
+from ..models import (FAMILIES, INT8_PAYS, MANIFEST, MIN_COSINE, cosine, OFFLINE_PACKAGES, OPSET, canonical_name,
                       check_precision, config_layers, entry_is_intact, file_sha256, fingerprint,
                       model_dir, read_manifest, safe_dir_name)
 from ..models import locate as _locate
@@ -595,9 +595,6 @@ def _derive(name, precision, depth, root, force, recipes):
                 **recipe.extra, **record}
 
     return _cache_entry(final, force, build)
-
-
-INT8_PAYS = 1.1  # int8 measured slower than this x fp32 at export: runs asking for it are told
 
 
 def _timing_batch(fp32_entry, manifest):

@@ -43,8 +43,9 @@ def _utf8_path(path, block=1 << 20):
 
 
 def _header(path):
-    """The CSV's first record (its column names), read as DuckDB will read it."""
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+    """The CSV's first record (its column names), read as DuckDB will read it (a UTF-8 byte order
+    mark, which Excel's "CSV UTF-8" writes, is not part of the first name: DuckDB skips it too)."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         try:
             return next(csv.reader(f), None)
         except csv.Error:

