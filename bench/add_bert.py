@@ -1,11 +1,12 @@
-"""Benchmark: --add_sent_tokenized + --add_bert on msgs100u with all-MiniLM-L6-v2, all in one run.
+"""Benchmark: --add_sent_tokenized + --add_bert on msgs100u (all-MiniLM-L6-v2, or --model), all in one run.
 
-    .venv/bin/python bench/add_bert.py [--limit N] [--csv tests/data/msgs100u.csv]
+    .venv/bin/python bench/add_bert.py [--limit N] [--csv tests/data/msgs100u.csv] [--model NAME_OR_DIR]
 
 Each part runs in its own process (so peak RSS is its own) on the same machine, same run:
   baseline   DLATK-style: PyTorch fp32 eager, the full model, windows batched 32 at a time per
              group in table order (what DLATK 1.3.15 does); the same windows bertfeat builds
-  inference  bertfeat's runtime alone on the same windows (length-sorted, fused, stops at layer 4)
+  inference  bertfeat's runtime alone on the same windows (length-sorted, stops at the default
+             layer, the second-to-last)
   e2e        bertfeat end to end: import, sentences, add_bert (fresh stage)
   reagg      the same add_bert with a new --bert_msg_aggregation (staged vectors reused)
   int8       bertfeat end to end with --precision int8
@@ -28,8 +29,27 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT / "tests" / "data" / "msgs100u.csv"  # copied from shared/data
 
 
-def windows_by_group(work, csv_path, limit, model_dir):
-    """bertfeat's windows for the corpus, grouped per user in table order, and the encoder."""
+def default_layer(model):
+    """(depth a default run exports, its layer: the second-to-last) and the model's config."""
+    from transformers import AutoConfig
+    from bertfeat.exporter import resolve_source
+    config = AutoConfig.from_pretrained(resolve_source(model))
+    return config.num_hidden_layers - 1, config.num_hidden_layers - 2, config
+
+
+def torch_inputs(model, ids, types, mask):
+    """The keyword inputs `model` takes (MPNet and DistilBERT take no token types)."""
+    import inspect
+    import torch
+    out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    if "token_type_ids" in inspect.signature(model.forward).parameters:
+        out["token_type_ids"] = torch.from_numpy(types)
+    return out
+
+
+def windows_by_group(work, csv_path, limit, model_dir, model=MODEL):
+    """bertfeat's windows for the corpus, grouped per user in table order, and the encoder
+    (exported to the default layer's depth)."""
     import bertfeat
     from bertfeat.exporter import locate
     from bertfeat.runtime import Encoder
@@ -42,7 +62,7 @@ def windows_by_group(work, csv_path, limit, model_dir):
     with connect("w", **conn) as engine:
         rows = engine.query("SELECT message_id, user_id, message FROM msgs_stoks ORDER BY message_id")
     rows = rows[:limit] if limit else rows
-    encoder = Encoder(locate(MODEL, 5, "fp32", model_dir))
+    encoder = Encoder(locate(model, default_layer(model)[0], "fp32", model_dir))
     tokenizer = windows.load_tokenizer(encoder.entry / "tokenizer.json")
     template, limit_p = windows.learn_template(tokenizer), windows.piece_limit(encoder.max_positions)
     groups = {}
@@ -56,7 +76,7 @@ def part_baseline(args):
     import numpy as np
     import torch
     from transformers import AutoModel
-    groups, encoder, n_msgs = windows_by_group(args.work, args.csv, args.limit, args.model_dir)
+    groups, encoder, n_msgs = windows_by_group(args.work, args.csv, args.limit, args.model_dir, args.model)
     torch.set_num_threads(os.cpu_count())
     model = AutoModel.from_pretrained(encoder.manifest["source"]).eval()
     real = padded = 0
@@ -71,8 +91,7 @@ def part_baseline(args):
                 mask = np.zeros_like(ids)
                 for r, (i, t) in enumerate(batch):
                     ids[r, :len(i)], types[r, :len(i)], mask[r, :len(i)] = i, t, 1
-                model(input_ids=torch.from_numpy(ids), token_type_ids=torch.from_numpy(types),
-                      attention_mask=torch.from_numpy(mask), output_hidden_states=True)
+                model(**torch_inputs(model, ids, types, mask), output_hidden_states=True)
                 real += int(mask.sum())
                 padded += ids.size
     seconds = time.perf_counter() - start
@@ -80,11 +99,12 @@ def part_baseline(args):
 
 
 def part_inference(args):
-    groups, encoder, n_msgs = windows_by_group(args.work, args.csv, args.limit, args.model_dir)
+    groups, encoder, n_msgs = windows_by_group(args.work, args.csv, args.limit, args.model_dir, args.model)
     windows = [w for ws in groups.values() for w in ws]
+    layer = default_layer(args.model)[1]
     start = time.perf_counter()
     for k in range(0, len(windows), 2048):  # bertfeat hands the runtime a chunk at a time
-        encoder.run(windows[k:k + 2048], [4])
+        encoder.run(windows[k:k + 2048], [layer])
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "messages": n_msgs, "real_tokens": sum(len(w[0]) for w in windows)}
 
@@ -114,7 +134,7 @@ def part_e2e(args, stage, aggs=None, precision="fp32", copies=1):
     if aggs is None:
         bertfeat.import_csv("e", "msgs", src, overwrite=True, progress=False, **conn)
         bertfeat.add_sent_tokenized("e", "msgs", overwrite=True, progress=False, **conn)
-    s = bertfeat.add_bert("e", "msgs", "user_id", bert_model=MODEL, model_dir=args.model_dir,
+    s = bertfeat.add_bert("e", "msgs", "user_id", bert_model=args.model, model_dir=args.model_dir,
                           stage_dir=stage, bert_msg_aggregation=aggs, precision=precision,
                           progress=False, **conn)
     return {"seconds": time.perf_counter() - start, "messages": s["messages"], "real_tokens": s["tokens"]}
@@ -136,7 +156,7 @@ def run_parts(script, parts, args, work, extra=()):
     results = {}
     for part in parts:
         cmd = [sys.executable, script, "--part", part, "--work", work, "--csv", args.csv,
-               "--limit", str(args.limit), "--model_dir", args.model_dir, *extra]
+               "--limit", str(args.limit), "--model_dir", args.model_dir, "--model", args.model, *extra]
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if not line:
@@ -150,6 +170,7 @@ def main():
     p.add_argument("--csv", default=str(DEFAULT_CSV))
     p.add_argument("--limit", type=int, default=0, help="first N messages only")
     p.add_argument("--model_dir", default=str(ROOT / "models"))
+    p.add_argument("--model", default=MODEL, help="HF id or local folder (default all-MiniLM-L6-v2)")
     p.add_argument("--part")
     p.add_argument("--work")
     p.add_argument("--skip_baseline", action="store_true")
@@ -162,7 +183,7 @@ def main():
              + ([] if args.skip_baseline else ["baseline"]))
     results = run_parts(__file__, parts, args, work)
     base = results.get("baseline")
-    print(f"msgs100u ({results['e2e']['messages']} messages), {MODEL}, {os.cpu_count()} CPUs, one run\n")
+    print(f"msgs100u ({results['e2e']['messages']} messages), {args.model}, {os.cpu_count()} CPUs, one run\n")
     print(f"| {'run':44s} | {'seconds':>8s} | {'msgs/s':>7s} | {'real tok/s':>10s} | {'vs base':>7s}"
           f" | {'peak RSS MB':>11s} |")
     print(f"|{'-' * 46}|{'-' * 10}|{'-' * 9}|{'-' * 12}|{'-' * 9}|{'-' * 13}|")

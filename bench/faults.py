@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 MYSQL = {"db_engine": "mysql", "mysql_host": "127.0.0.1", "mysql_port": 3306, "mysql_user": "root",
-         "mysql_config_file": "/nonexistent"}
+         "mysql_config_file": str(ROOT / "tests" / "data" / "client_only.my.cnf")}
 
 # The child runs one bertfeat action; HOOK names a point where it prints "HOOK" and sleeps, so
 # the parent can act (kill it, kill the server, fill the disk) at exactly that point.

@@ -1,12 +1,13 @@
-"""Benchmark the runtime alone on the windows SPEC §3 builds from msgs100u (all-MiniLM-L6-v2).
+"""Benchmark the runtime alone on the windows SPEC §3 builds from msgs100u (all-MiniLM-L6-v2,
+or --model: an HF id or a local folder, e.g. all-mpnet-base-v2 or a random bert-base config).
 
-    .venv/bin/python bench/runtime.py [--limit N] [--device cuda]
+    .venv/bin/python bench/runtime.py [--limit N] [--device cuda] [--model NAME_OR_DIR]
 
 All in one run, each in its own process (own peak RSS), same machine:
   (a) PyTorch fp32 eager, batches of 32 windows in corpus order, whole model (what DLATK does)
   (b) PyTorch fp32 eager, the same length-sorted token-budget batches as bertfeat, whole model
-  (c) bertfeat fp32 (ONNX Runtime, fused, stops after layer 4 = the default second-to-last)
-  (d) bertfeat int8 (per-channel weights, one window per call, 2 calls in parallel)
+  (c) bertfeat fp32 (ONNX Runtime, stops after the default layer, the second-to-last)
+  (d) bertfeat int8 (the export's recipe on this CPU: per token, batched, or per window)
 plus a --batch_tokens sweep for (c), the FLOP-bound ceiling from a measured GEMM rate, and the
 cold start (fresh process: import, cached export, session, first batch).
 With --device cuda (onnxruntime-gpu and a CUDA torch): (a), (b) and (c) on the GPU, (e) bertfeat
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_bert import DEFAULT_CSV, MODEL, ROOT, run_parts, windows_by_group  # noqa: E402
+from add_bert import DEFAULT_CSV, MODEL, ROOT, default_layer, run_parts, torch_inputs, windows_by_group  # noqa: E402
 
 
 def flops_per_token(hidden, inter, layers, mean_len):
@@ -101,13 +102,15 @@ def part(args):
         t = time.perf_counter()
         from bertfeat.exporter import locate
         from bertfeat.runtime import Encoder
-        enc = Encoder(locate(MODEL, 5, "fp32", args.model_dir))
+        depth, layer, _ = default_layer(args.model)
+        enc = Encoder(locate(args.model, depth, "fp32", args.model_dir))
         from bertfeat.text import windows
         tokenizer = windows.load_tokenizer(enc.entry / "tokenizer.json")
         pieces = windows.word_pieces(tokenizer, ["A first sentence for the cold start.", "And a second one."])
-        enc.run(windows.plan(windows.learn_template(tokenizer), [pieces]).windows, [4])
+        enc.run(windows.plan(windows.learn_template(tokenizer), [pieces]).windows, [layer])
         return {"seconds": time.perf_counter() - t}
-    groups, enc, _ = windows_by_group(args.work, args.csv, args.limit, args.model_dir)
+    depth, layer, _ = default_layer(args.model)
+    groups, enc, _ = windows_by_group(args.work, args.csv, args.limit, args.model_dir, args.model)
     windows = [w for ws in groups.values() for w in ws]
     real = sum(len(w[0]) for w in windows)
     lengths = np.array([len(w[0]) for w in windows])
@@ -123,9 +126,8 @@ def part(args):
         t = time.perf_counter()
         with torch.no_grad():
             for ids, types, mask in batches_of(windows, lengths, batches):
-                out = model(input_ids=torch.from_numpy(ids).to(args.device),
-                            token_type_ids=torch.from_numpy(types).to(args.device),
-                            attention_mask=torch.from_numpy(mask).to(args.device), output_hidden_states=True)
+                inputs = {k: v.to(args.device) for k, v in torch_inputs(model, ids, types, mask).items()}
+                out = model(**inputs, output_hidden_states=True)
                 out.hidden_states[-2].cpu()  # the default layer back on the host, as a run needs it
                 padded += ids.size
         return {"seconds": time.perf_counter() - t, "real": real, "padded": padded, "windows": len(windows),
@@ -133,23 +135,23 @@ def part(args):
     from bertfeat.exporter import locate
     from bertfeat.runtime import Encoder
     precision = {"d": "int8", "e": "fp16"}.get(args.part, "fp32")
-    entry = locate(MODEL, 5, precision, args.model_dir)
+    entry = locate(args.model, depth, precision, args.model_dir)
     if args.part == "sweep":
         out = {}
         cuda = args.device == "cuda"  # a GPU wants far bigger batches: sweep them on all windows
         sample = windows if cuda else windows[: min(len(windows), 3000)]
         for budget in ((2048, 8192, 32768, 131072) if cuda else (512, 1024, 2048, 4096, 8192)):
             e = Encoder(entry, device=args.device, batch_tokens=budget)
-            e.run(sample[:50], [4])
+            e.run(sample[:50], [layer])
             t = time.perf_counter()
-            e.run(sample, [4])
+            e.run(sample, [layer])
             out[budget] = sum(len(w[0]) for w in sample) / (time.perf_counter() - t)
         return {"sweep": out}
     e = Encoder(entry, device=args.device)
-    e.run(windows[:50], [4])  # warm-up (CUDA kernels, memory arenas)
+    e.run(windows[:50], [layer])  # warm-up (CUDA kernels, memory arenas)
     t = time.perf_counter()
     for k in range(0, len(windows), 2048):
-        e.run(windows[k:k + 2048], [4])
+        e.run(windows[k:k + 2048], [layer])
     return {"seconds": time.perf_counter() - t, "real": real, "padded": real if e.per_window else None,
             "windows": len(windows)}
 
@@ -159,6 +161,7 @@ def main():
     p.add_argument("--csv", default=str(DEFAULT_CSV))
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--model_dir", default=str(ROOT / "models"))
+    p.add_argument("--model", default=MODEL, help="HF id or local folder (default all-MiniLM-L6-v2)")
     p.add_argument("--part")
     p.add_argument("--work")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -174,9 +177,11 @@ def main():
     res = run_parts(__file__, ("gemm", "c", "d", "sweep", "cold", "a", "b"), args, work)
     gemm = max(res["gemm"]["gflops"], res["gemm"]["ort_gflops"]) * 1e9
     mean_len = res["a"]["mean_len"]
-    full = flops_per_token(384, 1536, 6, mean_len)
-    five = flops_per_token(384, 1536, 5, mean_len)
-    print(f"CPU: {cpu_isa()}")
+    depth, _, config = default_layer(args.model)
+    n, h, inter = config.num_hidden_layers, config.hidden_size, config.intermediate_size
+    full = flops_per_token(h, inter, n, mean_len)
+    five = flops_per_token(h, inter, depth, mean_len)
+    print(f"model: {args.model} ({n} x {h}); CPU: {cpu_isa()}")
     print(f"msgs100u windows: {res['a']['windows']} windows, {res['a']['real']} real tokens"
           f" (mean {mean_len:.0f}/window); {os.cpu_count()} CPUs; fp32 GEMM 2048^3: numpy"
           f" {res['gemm']['gflops']:.0f} GFLOP/s, ONNX Runtime {res['gemm']['ort_gflops']:.0f} GFLOP/s"
@@ -193,9 +198,10 @@ def main():
         flops = full if name in "ab" else five
         frac = f"{r['real'] / r['padded']:.0%}" if r.get("padded") else "100%"
         ceiling = f"{tps * flops / gemm:.0%}" if name != "d" else "- (int8)"
-        print(f"| {labels[name]} | {6 if name in 'ab' else 5} | {tps:,.0f} | {frac} | {tps / base_a:.2f}x |"
+        print(f"| {labels[name]} | {n if name in 'ab' else depth} | {tps:,.0f} | {frac} | {tps / base_a:.2f}x |"
               f" {tps / base_b:.2f}x | {ceiling} | {r['peak_rss_mb']:.0f} |")
-    print(f"\nFLOP-bound ceiling: {gemm / full:,.0f} tok/s for 6 layers, {gemm / five:,.0f} for 5"
+    print(f"\nint8 / fp32: {res['c']['seconds'] / res['d']['seconds']:.2f}x")
+    print(f"\nFLOP-bound ceiling: {gemm / full:,.0f} tok/s for {n} layers, {gemm / five:,.0f} for {depth}"
           f" ({full / 1e6:.1f} / {five / 1e6:.1f} MFLOP per token at the mean window length)")
     print("\n--batch_tokens sweep, (c) on up to 3,000 windows: " +
           ", ".join(f"{k}: {v:,.0f} tok/s" for k, v in res["sweep"]["sweep"].items()))

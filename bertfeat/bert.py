@@ -207,10 +207,23 @@ def _tokenizer_file(tokenizer_model, entry):
         raise BertfeatError(f"{param('--bert_tokenizer_model', tokenizer_model)}: no tokenizer.json in {folder}"
                             " (save one with transformers: AutoTokenizer.from_pretrained(...).save_pretrained(folder))")
     from .text.windows import load_tokenizer
-    size, limit = load_tokenizer(path).get_vocab_size(), load_tokenizer(own).get_vocab_size()
-    if size > limit:
-        raise BertfeatError(f"{param('--bert_tokenizer_model', tokenizer_model)} has {size} tokens, more than the"
-                            f" model's vocabulary ({limit}): its ids would not all exist in the model")
+    flag = param('--bert_tokenizer_model', tokenizer_model)
+    try:
+        vocab = load_tokenizer(path).get_vocab()
+    except Exception as e:  # tokenizers raises a bare Exception on a damaged file
+        raise BertfeatError(f"{flag}: {path} is not a readable tokenizer.json ({str(e).splitlines()[0][:120]});"
+                            " save it again with transformers (AutoTokenizer.from_pretrained(...).save_pretrained)"
+                            ) from None
+    model_vocab = load_tokenizer(own).get_vocab()
+    if len(vocab) > len(model_vocab):
+        raise BertfeatError(f"{flag} has {len(vocab)} tokens, more than the model's vocabulary"
+                            f" ({len(model_vocab)}): its ids would not all exist in the model")
+    other = sorted(t for t, i in vocab.items() if model_vocab.get(t) != i)
+    if other:  # an id means a word piece: the model must read each id as the same piece
+        t = other[0]
+        raise BertfeatError(f"{flag}: {len(other)} of its {len(vocab)} word pieces have other ids in the model's"
+                            f" vocabulary (e.g. {t!r} is {vocab[t]} there, {model_vocab.get(t, 'absent')} in the"
+                            " model): use a tokenizer of the model's own vocabulary")
     return Path(path)
 
 

@@ -33,8 +33,9 @@ def build_parser():
                     help="embedded DuckDB (default) or a MySQL/MariaDB server")
     db.add_argument("--db_dir", default=None,
                     help="folder of the DuckDB files (default: env BERTFEAT_DB_DIR, else the current folder)")
-    db.add_argument("--mysql_config_file", default=DEFAULT_MYSQL_CONFIG,
-                    help=f"MySQL option file, as DLATK (default: {DEFAULT_MYSQL_CONFIG})")
+    db.add_argument("--mysql_config_file", default=None,
+                    help=f"MySQL option file, as DLATK (default: {DEFAULT_MYSQL_CONFIG} when there is one;"
+                         " a file named here must exist)")
     db.add_argument("--mysql_host", default=None, help="override the option file's host")
     db.add_argument("--mysql_port", default=None, type=int, help="override the option file's port")
     db.add_argument("--mysql_user", default=None, help="override the option file's user")

@@ -12,7 +12,8 @@ USERS_CSV = DATA / "users100.csv"
 MYSQL = {"db_engine": "mysql", "mysql_host": os.environ.get("BERTFEAT_TEST_MYSQL_HOST", "127.0.0.1"),
          "mysql_port": int(os.environ.get("BERTFEAT_TEST_MYSQL_PORT", "3306")),
          "mysql_user": os.environ.get("BERTFEAT_TEST_MYSQL_USER", "root"),
-         "mysql_config_file": "/nonexistent/.my.cnf"}
+         "mysql_config_file": str(Path(__file__).resolve().parent / "data" / "client_only.my.cnf")}
+# (an option file with an empty [client] section: the tests never read the user's ~/.my.cnf)
 
 
 def pytest_configure(config):

@@ -350,3 +350,16 @@ def test_tokenizer_model_splits_words_with_another_tokenizer(corpus, model_cache
     (tmp_path / "empty").mkdir()
     with pytest.raises(bertfeat.BertfeatError, match="no tokenizer.json"):
         run("c", conn, model_cache, tmp_path, bert_tokenizer_model=str(tmp_path / "empty"))
+    # issue 22.3: a damaged file is one line; a small unrelated vocabulary is refused, not used
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / "tokenizer.json").write_text((cased / "tokenizer.json").read_text()[:5000])
+    with pytest.raises(bertfeat.BertfeatError, match="not a readable tokenizer.json"):
+        run("c", conn, model_cache, tmp_path, bert_tokenizer_model=str(truncated))
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "the", "a", "post", "blog", "my", "day"]
+    tok["model"]["vocab"] = {w: i for i, w in enumerate(words)}
+    (unrelated / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(bertfeat.BertfeatError, match="word pieces have other ids in the model's vocabulary"):
+        run("c", conn, model_cache, tmp_path, bert_tokenizer_model=str(unrelated))

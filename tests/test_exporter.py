@@ -155,8 +155,17 @@ def test_bad_models_get_one_line_errors(problem, needle, tiny, tmp_path):
 def test_layer_out_of_range_and_missing_model_offline(tiny, tmp_path):
     with pytest.raises(bertfeat.BertfeatError, match="out of range"):
         locate(tiny["bert"], 4, root=str(tmp_path))
-    with pytest.raises(bertfeat.BertfeatError, match="could not be downloaded|local model directory"):
+    with pytest.raises(bertfeat.BertfeatError, match="hub cannot be reached.*local model directory|no model .* on"):
         bertfeat.export_model("no-such-org/no-such-model-xyz", model_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("name, needle", [("./no_such_folder", "model folder not found: ./no_such_folder"),
+                                          ("/nowhere/model", "model folder not found"),
+                                          ("all-MiniLM L6!", "neither a model folder here nor a valid")])
+def test_a_typo_is_not_reported_as_a_network_problem(name, needle, tmp_path):
+    """A missing folder and a malformed name say so (issue 22.4), before any hub look-up."""
+    with pytest.raises(bertfeat.BertfeatError, match=needle):
+        bertfeat.export_model(name, model_dir=str(tmp_path))
 
 
 def test_hf_id_from_the_local_hugging_face_cache(tiny, tmp_path, monkeypatch):

@@ -96,6 +96,16 @@ def resolve_source(name):
         except ImportError:
             pass
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+    try:
+        validate_repo_id(name)
+    except HFValidationError as e:
+        if name.startswith((".", "/", "~")) or os.sep in name:
+            raise BertfeatError(f"model folder not found: {name} (a model is a Hugging Face id such as"
+                                " sentence-transformers/all-MiniLM-L6-v2, or a folder with config.json)") from e
+        raise BertfeatError(f"{name!r} is neither a model folder here nor a valid Hugging Face model id"
+                            " (such as sentence-transformers/all-MiniLM-L6-v2): check the spelling") from e
     patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "*.bin"]
     try:
         return snapshot_download(name, local_files_only=True, allow_patterns=patterns)
@@ -103,9 +113,12 @@ def resolve_source(name):
         pass
     try:
         return snapshot_download(name, allow_patterns=patterns)
+    except RepositoryNotFoundError as e:
+        raise BertfeatError(f"no model {name!r} on the Hugging Face hub, and no such folder here: check the"
+                            " spelling") from e
     except Exception as e:
         raise BertfeatError(
-            f"model {name!r} is not available offline and could not be downloaded"
+            f"model {name!r} is not in the local Hugging Face cache and the hub cannot be reached"
             f" ({type(e).__name__}); pass a local model directory to --bert_model, or run"
             " `bertfeat --export_model NAME` on a connected machine and copy its models/ folder here") from e
 

@@ -23,6 +23,22 @@ MYSQL_TYPES = {"BIGINT": "BIGINT", "INTEGER": "INT", "SMALLINT": "SMALLINT", "TI
                "BOOLEAN": "TINYINT(1)"}
 
 
+ACCESS_DENIED_NO_PASSWORD = 1698  # an unknown user, or root allowed through the socket only
+
+
+def _client_section(path):
+    """The option file's [client] host and port (PyMySQL reads the file itself; these only name
+    the server in messages)."""
+    import configparser
+    parser = configparser.ConfigParser(allow_no_value=True, strict=False, interpolation=None)
+    try:
+        parser.read(path)
+        section = parser["client"] if parser.has_section("client") else {}
+        return {k: section[k].strip("'\"") for k in ("host", "port") if section.get(k)}
+    except (configparser.Error, UnicodeDecodeError, OSError):
+        return {}
+
+
 class MySQLEngine(Engine):
     kind = "mysql"
 
@@ -30,10 +46,15 @@ class MySQLEngine(Engine):
         self.db = db
         self.settings = {"charset": "utf8mb4", "use_unicode": True, "connect_timeout": CONNECT_TIMEOUT,
                          "local_infile": False, "autocommit": False}
+        if config_file is not None and not os.path.isfile(os.path.expanduser(config_file)):
+            raise BertfeatError(f"MySQL option file not found: {config_file} (--mysql_config_file; leave it out to"
+                                f" use {DEFAULT_MYSQL_CONFIG} when there is one)")
         config_file = os.path.expanduser(config_file or DEFAULT_MYSQL_CONFIG)
+        self.option_file = {}
         if os.path.exists(config_file):
             self.settings["read_default_file"] = config_file
             self.settings["read_default_group"] = "client"  # DLATK's section
+            self.option_file = _client_section(config_file)
         elif host is None and user is None:
             self.settings["user"] = getpass.getuser()
         for key, value in (("host", host), ("port", port), ("user", user)):
@@ -49,7 +70,10 @@ class MySQLEngine(Engine):
         self.con = self._connect(db)
 
     def where(self):
-        return f"{self.settings.get('host', 'localhost')}:{self.settings.get('port', 3306)}"
+        """host:port as the connection uses them: the flags, else the option file's [client]."""
+        def get(key, default):
+            return self.settings.get(key, self.option_file.get(key, default))
+        return f"{get('host', 'localhost')}:{get('port', 3306)}"
 
     def _connect(self, database, **extra):
         try:
@@ -60,7 +84,7 @@ class MySQLEngine(Engine):
                 raise BertfeatError(
                     f"database {database!r} not found on the MySQL server at {self.where()}"
                     " (import data with --import_csv FILE, or check -d)") from e
-            if errno in (ER.ACCESS_DENIED_ERROR, ER.DBACCESS_DENIED_ERROR):
+            if errno in (ER.ACCESS_DENIED_ERROR, ER.DBACCESS_DENIED_ERROR, ACCESS_DENIED_NO_PASSWORD):
                 raise BertfeatError(
                     f"MySQL at {self.where()} refused the login ({msg}); set user and password in"
                     " ~/.my.cnf or --mysql_config_file, or use --mysql_user") from e
@@ -125,8 +149,21 @@ class MySQLEngine(Engine):
     def rename_table(self, old, new):
         self.execute(f"RENAME TABLE {self.q(old)} TO {self.q(new)}")
 
-    table_options = " CHARACTER SET utf8mb4"
     long_text_type = "LONGTEXT"
+
+    @property
+    def table_options(self):
+        """Every table bertfeat creates compares its text byte for byte, as DuckDB does: ids and
+        group ids that differ by case or a trailing space (`abc`/`ABC`, `x`/`x `) stay distinct
+        keys and groups. A binary collation without padding: MariaDB's utf8mb4_nopad_bin, MySQL
+        8's utf8mb4_0900_bin (utf8mb4_bin pads, so `x` = `x `)."""
+        if not hasattr(self, "_collation"):
+            found = {r[0] for r in self.query(
+                "SELECT collation_name FROM information_schema.collations WHERE collation_name IN"
+                " ('utf8mb4_nopad_bin', 'utf8mb4_0900_bin')")}
+            self._collation = next((c for c in ("utf8mb4_nopad_bin", "utf8mb4_0900_bin") if c in found),
+                                   "utf8mb4_bin")
+        return f" CHARACTER SET utf8mb4 COLLATE {self._collation}"
 
     def feature_group_type(self, source_type):
         t = source_type.lower()
@@ -172,12 +209,10 @@ class MySQLEngine(Engine):
 
     def copy_schema(self, src, dst, text_column):
         self.execute(f"CREATE TABLE {self.q(dst)} LIKE {self.q(src)}")
-        self.execute(f"ALTER TABLE {self.q(dst)} MODIFY {self.q(text_column)} LONGTEXT"
-                     " CHARACTER SET utf8mb4")
+        self.execute(f"ALTER TABLE {self.q(dst)} MODIFY {self.q(text_column)} LONGTEXT{self.table_options}")
 
     def create_feature_table(self, table, group_type):
         self.execute(
             f"CREATE TABLE {self.q(table)} (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,"
             f" group_id {group_type}, feat VARCHAR(36), value DOUBLE, group_norm DOUBLE,"
-            " KEY correl_field (group_id), KEY feature (feat))"
-            " CHARACTER SET utf8mb4")
+            f" KEY correl_field (group_id), KEY feature (feat)){self.table_options}")

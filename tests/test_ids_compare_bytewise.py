@@ -1,0 +1,65 @@
+"""Ids and group ids compare byte for byte on both engines (issue 22.2): MySQL's default
+collations fold case and ignore trailing spaces, so `abc`/`ABC` and `x`/`x ` collided on import
+and `Bob`/`bob` were merged into one group by the server."""
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import bertfeat
+from bertfeat.tables import connect
+
+from conftest import write_rows_csv
+from tiny_models import make_model
+
+ENGINES = ["duckdb", "mysql"]
+# ids that a case-insensitive or space-padding comparison takes for one another
+variants = st.lists(st.sampled_from(["abc", "ABC", "Abc", "x", "x ", "x  ", "X", "bob", "Bob", "BOB", "é", "É",
+                                     "e", "a b", "a  b"]), min_size=2, max_size=12, unique=True)
+
+
+def _conn(engine_name, tmp_path, request):
+    if engine_name == "duckdb":
+        return f"ids_{uuid.uuid4().hex[:8]}", {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    return request.getfixturevalue("mysql_db")
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_ids_differing_by_case_or_trailing_space_import_and_group_apart(engine_name, tmp_path, request):
+    db, conn = _conn(engine_name, tmp_path, request)
+    rows = [{"message_id": mid, "user_id": user, "message": f"Post {k} by {user!r}. It has two sentences."}
+            for k, (mid, user) in enumerate([("abc", "Bob"), ("ABC", "bob"), ("x", "Bob"), ("x ", "bob "),
+                                              ("y", "BOB")])]
+    csv_path = write_rows_csv(tmp_path / "ids.csv", rows)
+    assert bertfeat.import_csv(db, "msgs", str(csv_path), progress=False, **conn)["rows"] == 5
+    bertfeat.add_sent_tokenized(db, "msgs", progress=False, **conn)
+    model = make_model("bert", tmp_path / "tiny")
+    s = bertfeat.add_bert(db, "msgs", "user_id", bert_model=str(model), bert_layers=[0],
+                          model_dir=str(tmp_path / "m"), stage_dir=str(tmp_path), bert_keep_msg=True,
+                          progress=False, **conn)
+    with connect(db, **conn) as engine:
+        ids = sorted(r[0] for r in engine.query("SELECT message_id FROM msgs"))
+        groups = sorted(r[0] for r in engine.query(f'SELECT DISTINCT group_id FROM {engine.q(s["table"])}'))
+        per_message = engine.query(f'SELECT COUNT(DISTINCT group_id) FROM {engine.q(s["message_table"])}')[0][0]
+    assert ids == sorted(["abc", "ABC", "x", "x ", "y"])
+    assert groups == sorted(["Bob", "bob", "bob ", "BOB"]) and s["groups"] == 4 and s["messages"] == 5
+    assert per_message == 5
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_any_ids_round_trip_distinct(engine_name, tmp_path, request):
+    """Hypothesis over ids that differ only by case, accents or spaces: every one imports as its
+    own primary key and comes back byte for byte."""
+    db, conn = _conn(engine_name, tmp_path, request)
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(variants)
+    def check(ids):
+        path = write_rows_csv(tmp_path / "v.csv", [{"message_id": i, "user_id": i, "message": "hi."} for i in ids])
+        bertfeat.import_csv(db, "msgs", str(path), overwrite=True, progress=False, **conn)
+        with connect(db, **conn) as engine:
+            back = [r[0] for r in engine.query("SELECT message_id FROM msgs")]
+            distinct = engine.query("SELECT COUNT(DISTINCT message_id) FROM msgs")[0][0]
+        assert sorted(back) == sorted(ids) and distinct == len(ids)
+    check()
