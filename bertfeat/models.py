@@ -283,6 +283,14 @@ def locate(name, depth, precision="fp32", root=None, verify=False, export=None):
         usable.sort(key=lambda em: (em[1]["depth"], not selects_layers(em[1]), -em[1].get("created", 0)))
         if usable and usable[0][1]["depth"] == depth and selects_layers(usable[0][1]):
             return usable[0][0]
+        if usable and precision != "fp32" and selects_layers(usable[0][1]):
+            # an int8/fp16 export costs minutes (recipes, agreement), more than the extra blocks
+            # of a deeper one that is already here (e.g. `--export_model NAME --precision int8`)
+            extra = usable[0][1]["depth"] - depth
+            notice(f"using the cached {precision} export of depth {usable[0][1]['depth']} ({extra} block(s) more"
+                   f" than depth {depth} needs); `bertfeat --export_model {name} --precision {precision}"
+                   f" --bert_layers {depth - 1}` makes the exact one")
+            return usable[0][0]
         # usable while a current export cannot be made: an older format, or a few layers too many
         fallbacks = [e for e, _ in usable]
         if any(m.get("depth") == depth and (e, m) not in usable for e, m in entries):

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import functools
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -204,7 +205,8 @@ def _cache_entry(final, force, build):
         if final.is_dir() and not force and entry_is_intact(final):
             return final
         if final.is_dir():
-            notice(f"cache entry {final} is incomplete or corrupted: exporting it again")
+            notice(f"cache entry {final} " + ("is made again (forced)" if force else
+                                               "is incomplete or corrupted: exporting it again"))
             shutil.rmtree(final)
         started = time.perf_counter()
         notice(f"exporting {base.name} to ONNX once, into {final} ...")
@@ -602,12 +604,20 @@ def _derive(name, precision, depth, root, force, recipes):
         shutil.copy(fp32_entry / "tokenizer.json", tmp / "tokenizer.json")
         return {**fp32, "fingerprint": final.name, "precision": precision, "per_window": recipe.per_window,
                 "optimizations": optimizations + [label],
-                "fp32_min_window_cosine": min(per_layer), "fp32_layer_cosine": per_layer,
-                "recipes_tried": {k: v[0] for k, v in tried.items()},
+                "fp32_min_window_cosine": _recorded(min(per_layer)), "fp32_layer_cosine": _recorded(per_layer),
+                "recipes_tried": {k: _recorded(v[0]) for k, v in tried.items()},
                 "min_cosine": MIN_COSINE, "agreement_provider": provider, "speedup_vs_fp32": speedup,
                 **recipe.extra, **record}
 
     return _cache_entry(final, force, build)
+
+
+def _recorded(cosines):
+    """Cosines as the manifest keeps them: 6 digits, rounded down (a recorded value never
+    passes the gate where the measured one did not)."""
+    if isinstance(cosines, list):
+        return [_recorded(c) for c in cosines]
+    return math.floor(cosines * 1e6) / 1e6
 
 
 def _timing_batch(fp32_entry, manifest):
@@ -629,8 +639,9 @@ def _agreement(fp32_entry, path, manifest, precision):
     model = fp32_entry / "model.onnx"
     refs = _token_means(str(model), model.stat().st_mtime_ns, provider, feeds)
     got = _token_means(str(path), None, provider, feeds)
+    refs, got = refs.astype(np.float64), got.astype(np.float64)  # float32 cosines resolve only ~1e-7
     cos = (refs * got).sum(-1) / np.linalg.norm(refs, axis=-1) / np.linalg.norm(got, axis=-1)  # [windows, layers]
-    return [round(float(c), 6) for c in cos.min(0)], provider
+    return [float(c) for c in cos.min(0)], provider
 
 
 _FP32_MEANS = {}  # the fp32 export's token means, computed once per export (a search measures many graphs)
