@@ -66,9 +66,29 @@ def test_missing_csv(tmp_path):
 
 
 def test_unreachable_mysql(tmp_path):
+    from conftest import MYSQL
     one_line_error(bertfeat("-d", "x", "--ls", "--db_engine", "mysql", "--mysql_host", "127.0.0.1",
-                            "--mysql_port", "1", "--mysql_config_file", str(tmp_path / "none")),
-                   "cannot reach the MySQL server", "--mysql_host")
+                            "--mysql_port", "1", "--mysql_config_file", MYSQL["mysql_config_file"]),
+                   "cannot reach the MySQL server at 127.0.0.1:1", "--mysql_host")
+
+
+def test_mysql_option_file_problems_say_what_they_are(tmp_path):
+    """Issue 22.5: a misspelled option file is an error, not a silent login as the OS user; the
+    server named in a message is the option file's; a refused login says it was refused."""
+    one_line_error(bertfeat("-d", "x", "--ls", "--db_engine", "mysql", "--mysql_config_file", str(tmp_path / "my.cfn")),
+                   "MySQL option file not found", "my.cfn")
+    unreachable = tmp_path / "unreachable.cnf"
+    unreachable.write_text("[client]\nhost=127.0.0.1\nport=1\nuser=root\n")
+    one_line_error(bertfeat("-d", "x", "--ls", "--db_engine", "mysql", "--mysql_config_file", str(unreachable)),
+                   "cannot reach the MySQL server at 127.0.0.1:1")
+
+
+def test_mysql_unknown_user_is_a_refused_login(mysql_db):
+    _, conn = mysql_db
+    one_line_error(bertfeat("-d", "x", "--ls", "--db_engine", "mysql", "--mysql_host", conn["mysql_host"],
+                            "--mysql_port", str(conn["mysql_port"]), "--mysql_user", "no_such_user_bertfeat",
+                            "--mysql_config_file", conn["mysql_config_file"]),
+                   "refused the login", f"{conn['mysql_host']}:{conn['mysql_port']}")
 
 
 def test_nothing_to_do():
