@@ -1,10 +1,11 @@
 """How fast can int8 be on this CPU? ONNX Runtime's per-op profile of fp32 and int8 (issue 10).
 
-    .venv/bin/python bench/int8_bound.py [--limit 150] [--model_dir DIR]
+    .venv/bin/python bench/int8_bound.py [--limit 150] [--model_dir DIR] [--model NAME_OR_DIR]
 
-bertfeat's fp32 export of all-MiniLM-L6-v2 (depth 5, the default run's) and the int8 recipe this
-CPU batches first, built by the exporter's own code from it (per token with every MatMul in int8
-where u8 x s8 sums are exact; else per token with 7-bit weights), each profiled once after a
+bertfeat's fp32 export of all-MiniLM-L6-v2 (or --model) at the default run's depth, and its int8
+export on this CPU (what --precision int8 runs: per token where u8 x s8 sums are exact, the
+fewest MatMuls kept fp32 for every layer to agree; it must batch: a per-window export is not
+profiled), each profiled once after a
 warm-up on the same length-sorted batches of msgs100u's windows, 2 threads. Printed: seconds per
 op type, then Amdahl's bounds on int8's speed-up over fp32 from fp32's own split into GEMMs and
 the rest (the rest - LayerNorm, GELU, Softmax, Adds, Transposes - stays fp32 in every int8 recipe):
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_bert import DEFAULT_CSV, MODEL, ROOT, windows_by_group  # noqa: E402
+from add_bert import DEFAULT_CSV, MODEL, ROOT, default_layer, windows_by_group  # noqa: E402
 from profile_ops import ort_profile  # noqa: E402
 from runtime import cpu_isa  # noqa: E402
 
@@ -34,28 +35,30 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=150, help="msgs100u posts")
     ap.add_argument("--model_dir", default=str(ROOT / "models"))
+    ap.add_argument("--model", default=MODEL, help="HF id or local folder (default all-MiniLM-L6-v2)")
     args = ap.parse_args()
     import onnxruntime as ort
 
-    from bertfeat.exporter import _fused_source, agreement_feeds, export, int8_recipes
+    from bertfeat.exporter import export
     from bertfeat.models import read_manifest
     from bertfeat.runtime import int8_dot_is_exact
-    fp32 = export(MODEL, "fp32", 5, args.model_dir)
-    manifest = read_manifest(fp32)
+    depth, layer, _ = default_layer(args.model)
+    fp32 = export(args.model, "fp32", depth, args.model_dir)
+    int8 = export(args.model, "int8", depth, args.model_dir)
+    m8 = read_manifest(int8)
+    if m8["per_window"]:
+        sys.exit("this CPU's int8 export runs a window per call: not profiled against batched fp32")
     work = Path(tempfile.mkdtemp(prefix="bertfeat-bound-"))
-    groups, enc, n_posts = windows_by_group(str(work), DEFAULT_CSV, args.limit, args.model_dir)
+    groups, enc, n_posts = windows_by_group(str(work), DEFAULT_CSV, args.limit, args.model_dir, args.model)
     windows = [w for ws in groups.values() for w in ws]
     lengths = np.array([len(w[0]) for w in windows])
     batches = list(enc.batches(lengths))
-    feeds = agreement_feeds(fp32 / "tokenizer.json", manifest["inputs"], 5, manifest["max_positions"])
-    recipe = next(r for r in int8_recipes() if not r.per_window)  # batched like fp32: one profile each
-    source = _fused_source(fp32, manifest, work / "fused.onnx")[0] if recipe.graph == "fused" else fp32 / "model.onnx"
-    recipe.convert(source, work / "int8.onnx", feeds)
     print(f"# {cpu_isa()}; exact int8 sums: {int8_dot_is_exact()}; {os.cpu_count()} CPUs; onnxruntime"
-          f" {ort.__version__}; {n_posts} msgs100u posts, {len(windows)} windows, {int(lengths.sum())} real"
-          f" tokens, {len(batches)} batches; 2 threads\n# int8: {recipe.label}\n")
-    sides = {"fp32": ort_profile(fp32 / "model.onnx", 2, 4, windows, lengths, batches, str(work)),
-             "int8": ort_profile(work / "int8.onnx", 2, 4, windows, lengths, batches, str(work))}
+          f" {ort.__version__}; {args.model} depth {depth}; {n_posts} msgs100u posts, {len(windows)} windows,"
+          f" {int(lengths.sum())} real tokens, {len(batches)} batches; 2 threads\n# int8: {m8['optimizations'][-1]};"
+          f" {m8.get('int8_matmuls', '?')} MatMuls int8, {len(m8.get('int8_fp32_matmuls', []))} kept fp32\n")
+    sides = {"fp32": ort_profile(fp32 / "model.onnx", 2, layer, windows, lengths, batches, str(work)),
+             "int8": ort_profile(int8 / "model.onnx", 2, layer, windows, lengths, batches, str(work))}
     ops = sorted({k for _, o in sides.values() for k in o}, key=lambda k: -max(o.get(k, 0) for _, o in sides.values()))
     print("| op type | fp32 s | int8 s |\n|---|---:|---:|")
     for k in ops:

