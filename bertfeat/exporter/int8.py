@@ -210,7 +210,12 @@ def ffn_output_matmuls(model_path):
 
 def _activation_max(src, acts, feeds):
     """Per channel, max |x| of each named activation over `feeds`, run by the fp32 graph."""
-    return {a: np.abs(x).max(0) for a, x in _activations(src, acts, feeds).items()}
+    amax = dict.fromkeys(acts)
+    for values in _activations(src, acts, feeds):
+        for a, x in values.items():
+            m = np.abs(x).max(0)
+            amax[a] = m if amax[a] is None else np.maximum(amax[a], m)
+    return amax
 
 
 def _sort_smoothing_muls(graph):
@@ -281,15 +286,22 @@ def sensitivity(model_path, feeds, names, weight_bits=8, shifted=None):
     """{node: relative error of its output when it alone is int8}, estimated in NumPy from its
     fp32 input on `feeds`: per-token activations (255 levels above -c where `shifted` gives c,
     else 127 each side of zero) times per-column `weight_bits` weights, against the fp32 product;
-    ||int8 - fp32|| / ||fp32|| over every token. The search (`mixed_precision`) keeps the worst
-    fp32 first."""
+    ||int8 - fp32|| / ||fp32|| over every token. The calibration windows' activations are held
+    (~0.4 GB for a base-size model), the weights one node at a time. The search
+    (`mixed_precision`) keeps the worst fp32 first."""
     import onnx
     from onnx import numpy_helper
     graph = onnx.load(str(model_path)).graph
     weights = {i.name: i for i in graph.initializer}
     nodes = {n.name: n for n in graph.node}
     producer = {o: n for n in graph.node for o in n.output}
-    inputs = _activations(model_path, sorted({nodes[k].input[0] for k in names}), feeds)
+    acts = sorted({nodes[k].input[0] for k in names})
+    rows = {a: [] for a in acts}
+    for values in _activations(model_path, acts, feeds):
+        for a, x in values.items():
+            rows[a].append(x)
+    inputs = {a: np.concatenate(v) for a, v in rows.items()}
+    del rows
     w_max, out = 2 ** (weight_bits - 1) - 1, {}
     for k in names:
         n = nodes[k]
@@ -314,7 +326,8 @@ def sensitivity(model_path, feeds, names, weight_bits=8, shifted=None):
 
 
 def _activations(src, acts, feeds):
-    """Each named activation over `feeds`, as rows of its last dimension (tokens x channels)."""
+    """For each feed, {activation: its value as rows of its last dimension (tokens x channels)},
+    run by the graph at `src` with the named activations as extra outputs."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
@@ -326,11 +339,9 @@ def _activations(src, acts, feeds):
     sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     del probe
     names = {i.name for i in sess.get_inputs()}
-    rows = {a: [] for a in acts}
     for feed in feeds:
-        for a, x in zip(acts, sess.run(acts, {k: v for k, v in feed.items() if k in names})):
-            rows[a].append(x.reshape(-1, x.shape[-1]))
-    return {a: np.concatenate(v) for a, v in rows.items()}
+        outs = sess.run(acts, {k: v for k, v in feed.items() if k in names})
+        yield {a: x.reshape(-1, x.shape[-1]) for a, x in zip(acts, outs)}
 
 
 def mixed_precision(build, agrees, ranked):
