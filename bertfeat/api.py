@@ -42,7 +42,8 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
     out = check_name(f"{table}_stoks", "sentence table name")
     partial = check_name(f"{out}__partial", "sentence table name")
     with connect(db, **conn) as engine, engine.hold():  # let go of a DuckDB file while splitting
-        columns = engine.require_table(table, [messageid_field, message_field])
+        columns = engine.require_table(table, [messageid_field, message_field],
+                                       ["--messageid_field", "--message_field"])
         summary = {"table": out, "read": 0, "written": 0, "skipped": {}, "resumed_after": None}
         if engine.table_exists(out):
             if not overwrite:

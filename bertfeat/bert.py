@@ -125,7 +125,7 @@ def _table_names(engine, settings, table, source, correl_field, messageid_field,
     feat_table = check_name(bert_table_name or settings.table_name(table, correl_field), "feature table name")
     msg_table = check_name(settings.table_name(table, messageid_field, per_message=True), "feature table name")
     if bert_table_name:
-        _check_own_table(engine, feat_table, {table, source, msg_table})
+        _check_own_table(engine, feat_table, {table, f"{table}_stoks", source, msg_table})
     return feat_table, msg_table
 
 
@@ -229,7 +229,8 @@ def _tokenizer_file(tokenizer_model, entry):
 
 def _check_own_table(engine, name, protected):
     """An explicit feature table name (--emb_table_name) must not replace the messages, their
-    sentences, the message-level table or any table that is not a feature table."""
+    sentences (`<table>_stoks`, made later by --add_sent_tokenized when not there yet), the
+    message-level table or any table that is not a feature table."""
     if name in protected:
         raise BertfeatError(f"{param('--bert_table_name', name)} is the name of a table this run reads or"
                             " writes: choose another name")
@@ -252,7 +253,7 @@ def _message_source(engine, table, fields):
     """`<table>_stoks` when there, else `table`, with the fields and at least one message id."""
     stoks = f"{table}_stoks"
     source = stoks if engine.table_exists(stoks) else table
-    engine.require_table(source, list(fields))
+    engine.require_table(source, list(fields), ["--messageid_field", "--correl_field", "--message_field"])
     mid = engine.q(fields[0], "column name")
     if not engine.query(f"SELECT count(*) FROM {engine.q(source)} WHERE {mid} IS NOT NULL")[0][0]:
         raise BertfeatError(f"no messages in table {source!r} (no row has a {fields[0]}):"

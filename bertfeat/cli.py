@@ -19,6 +19,8 @@ def build_parser():
         prog="bertfeat",
         description="Contextual-embedding features from messages, DLATK-compatible and fast.",
         allow_abbrev=False)
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"bertfeat {__version__}")
     corpus = p.add_argument_group("Corpus Variables", "where the messages are")
     corpus.add_argument("-d", "--corpdb", metavar="DB", help="database (DuckDB: the file <db_dir>/DB.duckdb)")
     corpus.add_argument("-t", "--corptable", metavar="TABLE", help="message table")
@@ -241,16 +243,19 @@ def _add_bert(args, progress):
 
 
 def _predict(args, progress):
+    import pprint
+
     from .predict import nfold_test
     _need(args, "corpdb", "feat_table", "outcome_table", "outcomes")
     classify = bool(args.nfold_test_classifiers)
-    nfold_test(args.corpdb, args.feat_table, args.outcome_table, args.outcomes,
-               correl_field=(args.correl_field or ["user_id"])[0],
-               model=args.model or ("lr" if classify else "ridgecv"), folds=args.folds,
-               group_freq_thresh=args.group_freq_thresh, table=args.corptable,
-               message_field=args.message_field, output_name=args.output_name,
-               save_predictions=args.save_predictions, seed=args.seed, alpha=args.alpha,
-               classify=classify, **_conn(args))
+    results = nfold_test(args.corpdb, args.feat_table, args.outcome_table, args.outcomes,
+                         correl_field=(args.correl_field or ["user_id"])[0],
+                         model=args.model or ("lr" if classify else "ridgecv"), folds=args.folds,
+                         group_freq_thresh=args.group_freq_thresh, table=args.corptable,
+                         message_field=args.message_field, output_name=args.output_name,
+                         save_predictions=args.save_predictions, seed=args.seed, alpha=args.alpha,
+                         classify=classify, **_conn(args))
+    pprint.pprint(results)
 
 
 def _show_feature_tables(args, progress):

@@ -131,3 +131,15 @@ def test_errors_name_flags_on_the_command_line_and_keywords_from_python(dla, msg
         package.add_bert("dla", "msgs", precision="int8", device="cuda", **conn)
     with pytest.raises(package.BertfeatError, match="unknown keyword 'bert_layer' .did you mean 'bert_layers'"):
         package.add_bert("dla", "msgs", bert_layer=[4], **conn)
+
+
+def test_version():
+    from bertfeat import __version__
+    r = bertfeat("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"bertfeat {__version__}"
+
+
+def test_a_missing_message_column_names_its_flag(dla):
+    one_line_error(bertfeat("-d", "dla", "-t", "msgs", "--add_sent_tokenized", "--db_dir", dla,
+                            "--message_field", "text"),
+                   "column 'text' not found in table 'msgs' (named by --message_field)")

@@ -109,3 +109,14 @@ def test_group_freq_thresh_keeps_groups_with_enough_words(tmp_path):
         assert res["N"] == sum(n >= thresh for n in words.values()), thresh
     with pytest.raises(bertfeat.BertfeatError, match="needs the message table"):
         nfold_test("s", "feat$x$m$user_id$16to16", "o", "y", folds=5, group_freq_thresh=5, quiet=True, **conn)
+
+
+def test_an_outcome_that_cannot_be_predicted_does_not_stop_the_others(tmp_path, capsys):
+    """Issue 22.8: `y` and `label` together, regression: `label` is not numeric. `y` is computed,
+    written and returned, `label` skipped with a notice; nothing goes to stdout from Python."""
+    out = tmp_path / "res"
+    res = nfold_test("s", "feat$x$m$user_id$16to16", "o", ["label", "y"], folds=5, output_name=str(out),
+                     **_planted(tmp_path, False))
+    assert list(res) == ["y"] and res["y"][()][1]["r"] > 0.9 and (tmp_path / "res.json").exists()
+    captured = capsys.readouterr()
+    assert captured.out == "" and "skipping outcome 'label'" in captured.err and "not numeric" in captured.err

@@ -6,7 +6,6 @@ Folds: scikit-learn KFold(shuffle=True, random_state=seed), seed 42 unless --see
 import csv
 import json
 import math
-import pprint
 
 import numpy as np
 
@@ -49,13 +48,13 @@ def _feat_key(f):
 
 
 def load_outcomes(engine, outcome_table, correl_field, outcomes):
-    engine.require_table(outcome_table, [correl_field, *outcomes])
+    engine.require_table(outcome_table, [correl_field, *outcomes], ["--correl_field"] + ["--outcomes"] * len(outcomes))
     cols = ", ".join(engine.q(c, "column name") for c in [correl_field, *outcomes])
     return {r[0]: r[1:] for r in engine.query(f"SELECT {cols} FROM {engine.q(outcome_table)}")}
 
 
 def group_word_counts(engine, table, correl_field, message_field):
-    engine.require_table(table, [correl_field, message_field])
+    engine.require_table(table, [correl_field, message_field], ["--correl_field", "--message_field"])
     counts = {}
     sql = f"SELECT {engine.q(correl_field)}, {engine.q(message_field)} FROM {engine.q(table)}"
     for rows in engine.stream(sql, [], 5000):
@@ -124,7 +123,10 @@ def nfold_test(db, feat_tables, outcome_table, outcomes, correl_field="user_id",
                folds=DEFAULT_FOLDS, group_freq_thresh=None, table=None, message_field="message",
                output_name=None, save_predictions=False, seed=DEFAULT_SEED, alpha=1.0,
                classify=False, quiet=False, **conn):
-    """Cross-validated prediction of each outcome from the feature tables; returns DLATK's dict."""
+    """Cross-validated prediction of each outcome from the feature tables; returns DLATK's dict
+    (the CLI prints it). An outcome that cannot be predicted (not numeric, too few groups) is
+    skipped with a notice and the others are computed and written; when none can, the first
+    reason is the error."""
     feat_tables = [feat_tables] if isinstance(feat_tables, str) else list(feat_tables)
     outcomes = [outcomes] if isinstance(outcomes, str) else list(outcomes)
     if not feat_tables or not outcome_table or not outcomes:
@@ -146,10 +148,17 @@ def nfold_test(db, feat_tables, outcome_table, outcomes, correl_field="user_id",
             words = group_word_counts(engine, table, correl_field, message_field)
             keep = {str(g) for g, n in words.items() if n >= group_freq_thresh}
     ys = {str(g): v for g, v in ys.items()}
-    results, predictions = {}, []
+    results, predictions, skipped = {}, [], []
     for k, outcome in enumerate(outcomes):
-        idx, y = _outcome_rows(groups, ys, k, outcome, keep, group_freq_thresh, folds, classify, correl_field,
-                               quiet)
+        try:
+            idx, y = _outcome_rows(groups, ys, k, outcome, keep, group_freq_thresh, folds, classify, correl_field,
+                                   quiet)
+        except BertfeatError as e:
+            if len(outcomes) == 1:
+                raise
+            skipped.append(e)
+            notice(f"skipping outcome {outcome!r}: {e}")
+            continue
         xs = x[idx]
         if classify:
             y = np.array([str(v) for v in y])
@@ -162,8 +171,8 @@ def nfold_test(db, feat_tables, outcome_table, outcomes, correl_field="user_id",
                         "test_size": fit["test_size"], "{model_desc}": fit["desc"], "{modelFS_desc}": "None"})
         results[outcome] = {(): {1: dict(sorted(metrics.items()))}}
         predictions += [(groups[i], outcome, y[j], fit["pred"][j]) for j, i in enumerate(idx)]
-    if not quiet:
-        pprint.pprint(results)
+    if not results:
+        raise skipped[0]
     if output_name:
         write_outputs(output_name, results, predictions if save_predictions else None)
     return results

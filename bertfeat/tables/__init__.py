@@ -11,7 +11,7 @@ import re
 import socket
 import uuid
 
-from ..errors import BertfeatError
+from ..errors import BertfeatError, param
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_$]+$")
 ENGINES = ("duckdb", "mysql")
@@ -182,8 +182,10 @@ class Engine:
         """[(column name, SQL type)] of `table`, in order."""
         raise NotImplementedError
 
-    def require_table(self, table, columns=()):
-        """Raise a one-line error when `table` or any of `columns` is missing; return its columns."""
+    def require_table(self, table, columns=(), flags=()):
+        """Raise a one-line error when `table` or any of `columns` is missing; return its columns.
+        `flags` pairs each column with the flag that names it, in the same order (the error says
+        which flag to fix)."""
         check_name(table, "table name")
         if not self.table_exists(table):
             raise BertfeatError(
@@ -192,10 +194,11 @@ class Engine:
                 + ("make it with --add_bert)" if table.startswith("feat$") else
                    "import one with --import_csv FILE)"))
         have = [c for c, _ in self.columns(table)]
-        for col in columns:
+        for col, flag in zip(columns, list(flags) + [None] * len(columns)):
             if col not in have:
+                named = f" (named by {param(flag)})" if flag else ""
                 raise BertfeatError(
-                    f"column {col!r} not found in table {table!r}; it has: {', '.join(have)}")
+                    f"column {col!r} not found in table {table!r}{named}; it has: {', '.join(have)}")
         return have
 
     # --- writing -----------------------------------------------------------------
