@@ -44,7 +44,9 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
     with connect(db, **conn) as engine, engine.hold():  # let go of a DuckDB file while splitting
         columns = engine.require_table(table, [messageid_field, message_field],
                                        ["--messageid_field", "--message_field"])
-        summary = {"table": out, "read": 0, "written": 0, "skipped": {}, "resumed_after": None}
+        # read/written count the whole table, a resumed run's earlier part (resumed_messages) included
+        summary = {"table": out, "read": 0, "written": 0, "skipped": {}, "resumed_after": None,
+                   "resumed_messages": 0}
         if engine.table_exists(out):
             if not overwrite:
                 notice(f"{out} already exists: nothing to do (pass {param('--overwrite', True)} to rebuild it)")
@@ -52,6 +54,11 @@ def add_sent_tokenized(db, table, message_field="message", messageid_field="mess
                 return summary
         last = _start_partial(engine, table, partial, out, messageid_field, message_field, overwrite)
         summary["resumed_after"] = last
+        if last is not None:  # the rows before `last` were split by the interrupted run
+            mid = engine.q(messageid_field, "column name")
+            summary["resumed_messages"] = summary["read"] = engine.query(
+                f"SELECT count(*) FROM {engine.q(table)} WHERE {mid} < ?", [last])[0][0]
+            summary["written"] = engine.query(f"SELECT count(*) FROM {engine.q(partial)}")[0][0]
         total, null_ids, batches = engine.by_id(table, messageid_field, columns, batch_size, from_id=last)
         if null_ids:
             summary["skipped"]["NULL message_id"] = null_ids

@@ -305,7 +305,9 @@ def _stage_messages(engine, stage, source, fields, from_stoks, make_executor, ch
     once; Ray: on actors, several chunks in flight while the next are read); vectors are staged as
     they come back, each batch in one transaction, so a kill leaves whole batches to resume from.
     """
-    counts = {"messages": 0, "reused": 0, "embedded": 0, "skipped": {}}
+    # reused: messages not embedded by this run; already_staged: of those, the ones a previous
+    # run (or an interrupted one) staged; the rest took another message's identical text
+    counts = {"messages": 0, "reused": 0, "already_staged": 0, "embedded": 0, "skipped": {}}
     waiting = {}  # text hash sent for inference -> [(message_id, group_id)] that take its vector
     executor = None
 
@@ -402,6 +404,7 @@ def _reuse_staged(stage, batch, waiting, counts):
     for mid, gid, sents, h in batch:
         if done.get(mid) == h:
             used.append((mid, gid))
+            counts["already_staged"] += 1
         elif h in by_hash:
             rows.append((mid, h, np.asarray(by_hash[h])))
             used.append((mid, gid))

@@ -185,9 +185,13 @@ def _add_sent_tokenized(args, progress):
     _need(args, "corpdb", "corptable")
     s = api.add_sent_tokenized(args.corpdb, args.corptable,
                                **_keywords(api.add_sent_tokenized, args, progress=progress))
-    print(f"add_sent_tokenized: read {s['read']} messages, wrote {s['written']} rows,"
-          f" skipped {_skipped(s['skipped'])} -> table {s['table']}"
-          + (f" in {s['seconds']} s" if "seconds" in s else " (already there)"))
+    if "seconds" not in s:  # the table was there: nothing read, nothing written
+        print(f"add_sent_tokenized: {s['table']} already exists ({s['written']} rows): nothing done")
+        return
+    resumed = (f" ({s['resumed_messages']} of them by the interrupted run it resumed)" if s["resumed_messages"]
+               else "")
+    print(f"add_sent_tokenized: read {s['read']} messages{resumed}, wrote {s['written']} rows,"
+          f" skipped {_skipped(s['skipped'])} -> table {s['table']} in {s['seconds']} s")
 
 
 def _export_model(args, progress):
@@ -236,7 +240,8 @@ def _add_bert(args, progress):
                " into batches of --batch_tokens padded tokens (default 2048), sorted by length")
     s = api.add_bert(args.corpdb, args.corptable, **_keywords(api.add_bert, args, progress=progress))
     print(f"add_bert: {s['groups']} groups from {s['messages']} messages ({s['embedded']} distinct texts embedded,"
-          f" {s['reused']} messages reusing the vector of an identical text),"
+          f" {s['already_staged']} already staged, {s['reused'] - s['already_staged']} reusing the vector of"
+          " an identical text),"
           f" skipped {_skipped(s['skipped'])};"
           f" {s['windows']} windows, {s['tokens']} tokens in {s['seconds']} s -> table {s['table']}"
           + (f" and {s['message_table']}" if s["message_table"] else ""))

@@ -168,6 +168,7 @@ def test_reaggregation_and_message_table_need_no_inference(corpus, model_cache, 
     assert first["embedded"] > 0
     again = run("c", conn, model_cache, tmp_path, bert_msg_aggregation=["median"], bert_keep_msg=True)
     assert again["embedded"] == 0 and again["windows"] == 0 and again["reused"] == first["messages"]
+    assert again["already_staged"] == first["messages"]  # the summary says "already staged", not identical texts
     msg_rows = features("c", again["message_table"], conn)
     assert again["message_table"] == "feat$all_Mi_L6_v2_L4co$msgs$message_id$16to16"
     assert len(msg_rows) == first["messages"] * 384 and {f for _, f, _ in msg_rows} == {str(j) for j in range(384)}

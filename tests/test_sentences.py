@@ -114,7 +114,7 @@ def test_interrupted_run_resumes_to_the_same_table(msgs_csv, duck):
         engine.insert_rows("msgs_stoks__partial", ["message_id", "user_id", "created_date", "message"],
                            [list(r) for r in expected[:300]])
     s = bertfeat.add_sent_tokenized("cut", "msgs", progress=False, **duck)
-    assert s["resumed_after"] == expected[299][0] and s["read"] == 741 - 299
+    assert s["resumed_after"] == expected[299][0] and s["read"] == 741 and s["resumed_messages"] == 299
     assert _stoks("cut", duck) == expected
     with connect("cut", **duck) as engine:
         assert not engine.table_exists("msgs_stoks__partial")
