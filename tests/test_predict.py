@@ -41,8 +41,10 @@ def test_planted_signal_is_recovered_and_shuffled_is_not(tmp_path):
 
 def test_classifier_on_planted_signal(tmp_path):
     res = nfold_test("s", "feat$x$m$user_id$16to16", "o", "label", folds=5, classify=True, quiet=True,
-                     **_planted(tmp_path, False))["label"][()][1]
+                     output_name=str(tmp_path / "cls"), **_planted(tmp_path, False))["label"][()][1]
     assert res["acc"] > 0.85 and res["auc"] > 0.9 and {"f1", "acc_folds", "se_auc_folds"} <= set(res)
+    assert "\n" not in res["{model_desc}"]  # one CSV line per outcome (issue 22.8)
+    assert len((tmp_path / "cls.csv").read_text().splitlines()) == 2
 
 
 @pytest.mark.parametrize("kw, needle", [

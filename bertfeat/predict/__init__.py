@@ -241,7 +241,8 @@ def _cross_validate(xs, y, model, alpha, folds, seed, classify, outcome):
         else:
             out["train_means"][te] = y[tr].mean()
         out["fold_ids"][te] = f
-        out.update(desc=repr(est), train_size=len(tr), test_size=len(te))
+        # one line (sklearn wraps a long repr, which split the CSV's model_desc cell over lines)
+        out.update(desc=" ".join(repr(est).split()), train_size=len(tr), test_size=len(te))
     return out
 
 
