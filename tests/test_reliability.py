@@ -213,6 +213,28 @@ def test_onnx_runtime_load_errors_are_one_line(tiny_bert, tmp_path):
         Encoder(entry)
 
 
+def test_a_truncated_stage_file_is_one_line_saying_to_delete_it(tiny_bert, tmp_path):
+    """Issue 22.8 / 24.4: a stage file cut short (a full disk, a copy that stopped) is found when
+    a run reads it; the error says it is only a cache and to delete it, nothing is written, and
+    after deleting it the same run gives the table of a clean run."""
+    conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    bertfeat.import_csv("c", "msgs", str(big_csv(tmp_path / "m.csv", copies=1)), progress=False, **conn)
+    kw = dict(bert_model=tiny_bert, model_dir=str(tmp_path / "models"), stage_dir=str(tmp_path / "s"),
+              progress=False, **conn)
+    clean = feature_rows("c", conn, bertfeat.add_bert("c", "msgs", "user_id", **kw)["table"])
+    (stage,) = (tmp_path / "s").glob("*stage*.duckdb")
+    with open(stage, "r+b") as f:
+        f.truncate(stage.stat().st_size // 2)
+    with connect("c", **conn) as engine:
+        before = engine.tables()
+    with pytest.raises(bertfeat.BertfeatError, match="cannot use the stage file .*delete it and run again"):
+        bertfeat.add_bert("c", "msgs", "user_id", bert_msg_aggregation=["max"], **kw)
+    with connect("c", **conn) as engine:
+        assert engine.tables() == before
+    stage.unlink()
+    assert feature_rows("c", conn, bertfeat.add_bert("c", "msgs", "user_id", **kw)["table"]) == clean
+
+
 # --- smaller bugs ------------------------------------------------------------------------------
 def test_text_ids_after_integer_ids_share_one_stage_file(tiny_bert, tmp_path):
     conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}

@@ -64,14 +64,19 @@ class Stage:
 
     @contextlib.contextmanager
     def _connection(self, read_only=False):
-        if self._file.con is not None:  # held by the job's chunk loop
-            yield self._file.con
-            return
-        con = open_stage(self.path, read_only, self.lock_timeout)
+        """The stage's connection (the held one, else opened for this block); a stage file that
+        turns out damaged while in use (truncated, corrupted) is the one-line `_unusable` error."""
+        held = self._file.con is not None  # held by the job's chunk loop
+        con = self._file.con if held else open_stage(self.path, read_only, self.lock_timeout)
         try:
             yield con
+        except (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException) as e:
+            if "No space left" in str(e):  # a full disk is not a damaged file
+                raise
+            raise _unusable(self.path, e) from e
         finally:
-            con.close()
+            if not held:
+                con.close()
 
     def hold(self):
         """Keep the stage open for a block (the job's chunk loop), except inside released()."""
