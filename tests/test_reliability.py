@@ -235,6 +235,31 @@ def test_a_truncated_stage_file_is_one_line_saying_to_delete_it(tiny_bert, tmp_p
     assert feature_rows("c", conn, bertfeat.add_bert("c", "msgs", "user_id", **kw)["table"]) == clean
 
 
+def test_group_rows_a_killed_run_left_in_the_stage_are_dropped(tiny_bert, tmp_path):
+    """Issue 24.4: each run keeps its (message, group) rows in a table of its own in the stage;
+    one whose process is gone (kill -9) is dropped by the next run, a live run's is not."""
+    import duckdb
+
+    from bertfeat.tables import HOST_TAG
+    conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    bertfeat.import_csv("c", "msgs", str(big_csv(tmp_path / "m.csv", copies=1)), progress=False, **conn)
+    kw = dict(bert_model=tiny_bert, model_dir=str(tmp_path / "models"), stage_dir=str(tmp_path / "s"),
+              progress=False, **conn)
+    bertfeat.add_bert("c", "msgs", "user_id", **kw)
+    (stage,) = (tmp_path / "s").glob("*stage*.duckdb")
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    left, live = (f"groups_0123456789abcdef_{HOST_TAG}_{pid}_deadbeef" for pid in (dead, os.getpid()))
+    with duckdb.connect(str(stage)) as con:
+        for name in (left, live):
+            con.execute(f"CREATE TABLE {name} (message_id BIGINT, group_id BIGINT)")
+    bertfeat.add_bert("c", "msgs", "user_id", bert_msg_aggregation=["max"], **kw)
+    with duckdb.connect(str(stage), read_only=True) as con:
+        names = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    assert left not in names and live in names
+    assert not [n for n in names if n.startswith("groups_") and n != live]  # finished runs dropped theirs
+
+
 # --- smaller bugs ------------------------------------------------------------------------------
 def test_text_ids_after_integer_ids_share_one_stage_file(tiny_bert, tmp_path):
     conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}

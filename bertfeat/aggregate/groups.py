@@ -9,12 +9,14 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import uuid
 
 import duckdb
 import numpy as np
 
 from ..errors import BertfeatError
+from ..tables import HOST_TAG, _alive
 from ..tables.duck import HeldFile, insert_columns, insert_vectors, waiting_for_lock
 from . import ABBR
 
@@ -24,6 +26,9 @@ DUCK_AGG = {"mean": "avg", "median": "median", "max": "max", "min": "min", "sum"
 
 def stage_key(settings):
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_GROUPS_RE = re.compile(r"^groups_[0-9a-f]+_([0-9a-f]{8})_([0-9]+)_[0-9a-f]{8}$")  # host, pid
 
 
 def _unusable(path, e):
@@ -52,7 +57,9 @@ class Stage:
         self.lock_timeout = lock_timeout
         self.key = stage_key(settings)
         self.table = f"vec_{self.key}"
-        self.groups = f"groups_{self.key}_{uuid.uuid4().hex[:8]}"
+        # this run's (message, group) rows; named by host and process, so that the table a killed
+        # run leaves behind is recognized and dropped by the next run that opens the stage
+        self.groups = f"groups_{self.key}_{HOST_TAG}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self._file = HeldFile(lambda: open_stage(path, False, lock_timeout))
         with self._connection() as con:
             con.execute("CREATE TABLE IF NOT EXISTS stage_settings (key VARCHAR PRIMARY KEY, settings VARCHAR)")
@@ -61,6 +68,11 @@ class Stage:
             con.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (message_id {id_type} PRIMARY KEY,"
                         " text_hash VARCHAR, vec FLOAT[])")
             con.execute(f"CREATE TABLE {self.groups} (message_id {id_type}, group_id {group_type})")
+            for (name,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'groups_%'"
+                                       ).fetchall():
+                m = _GROUPS_RE.match(name)
+                if m and m.group(1) == HOST_TAG and not _alive(int(m.group(2))):
+                    con.execute(f"DROP TABLE IF EXISTS {name}")
 
     @contextlib.contextmanager
     def _connection(self, read_only=False):
