@@ -87,7 +87,9 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
                    "groups": engine.query(f"SELECT count(DISTINCT group_id) FROM {engine.q(feat_table)}")[0][0],
                    "rows": written, "seconds": round(time.perf_counter() - started, 2),
                    "windows": executor.encoder.windows_run if executor else 0,
-                   "tokens": executor.encoder.tokens_run if executor else 0, **counts}
+                   "tokens": executor.encoder.tokens_run if executor else 0, **counts,
+                   # MySQL: "load data" (LOAD DATA LOCAL INFILE) or "executemany" (multi-row INSERTs)
+                   **({"write_path": engine.write_path} if getattr(engine, "write_path", None) else {})}
         engine.record_run(feat_table, settings.feature_name(),
                           {**key, "msg_aggregation": settings.msg_aggregation}, summary)
     return summary

@@ -244,7 +244,9 @@ def _add_bert(args, progress):
           " an identical text),"
           f" skipped {_skipped(s['skipped'])};"
           f" {s['windows']} windows, {s['tokens']} tokens in {s['seconds']} s -> table {s['table']}"
-          + (f" and {s['message_table']}" if s["message_table"] else ""))
+          + (f" and {s['message_table']}" if s["message_table"] else "")
+          + (f" (written by MySQL's {s['write_path'].upper() if s['write_path'] == 'load data' else s['write_path']})"
+             if s.get("write_path") else ""))
 
 
 def _predict(args, progress):

@@ -63,3 +63,29 @@ def test_any_ids_round_trip_distinct(engine_name, tmp_path, request):
             distinct = engine.query("SELECT COUNT(DISTINCT message_id) FROM msgs")[0][0]
         assert sorted(back) == sorted(ids) and distinct == len(ids)
     check()
+
+
+def test_mysql_write_paths_give_the_same_table(tmp_path, mysql_db, monkeypatch):
+    """Issue 24.3: LOAD DATA LOCAL INFILE (where the server allows it) and multi-row INSERTs
+    write the same feature table, byte for byte, with group ids that CSV, SQL and the collation
+    could each get wrong (quotes, commas, newlines, backslashes, NULL-like text, trailing spaces,
+    case); the summary and bertfeat_runs say which path wrote it."""
+    db, conn = mysql_db
+    groups = ['Bob', 'bob', 'bob ', 'a,b', 'say "hi"', 'line\nbreak', 'back\\slash', 'NULL', '\\N', "it's", 'é']
+    rows = [{"message_id": k + 1, "user_id": g, "message": f"Post {k}. By {g!r}, with two sentences."}
+            for k, g in enumerate(groups * 2)]
+    bertfeat.import_csv(db, "msgs", str(write_rows_csv(tmp_path / "g.csv", rows)), progress=False, **conn)
+    model = make_model("bert", tmp_path / "tiny")
+    kw = dict(bert_model=str(model), bert_layers=[0], model_dir=str(tmp_path / "m"), stage_dir=str(tmp_path),
+              bert_keep_msg=True, progress=False, **conn)
+    tables = {}
+    for path in ("load data", "executemany"):
+        monkeypatch.setenv("BERTFEAT_MYSQL_LOAD_DATA", "1" if path == "load data" else "0")
+        s = bertfeat.add_bert(db, "msgs", "user_id", bert_table_name=f"feat$path_{path[0]}", **kw)
+        assert s["write_path"] == path and s["groups"] == len(groups)
+        with connect(db, **conn) as engine:
+            tables[path] = sorted(engine.query(f"SELECT id, group_id, feat, value, group_norm FROM"
+                                               f" {engine.q(s['table'])}"))
+            runs = engine.query("SELECT summary FROM bertfeat_runs WHERE feat_table = ?", [s["table"]])
+        assert f'"write_path": "{path}"' in runs[-1][0]
+    assert tables["load data"] == tables["executemany"] and {r[1] for r in tables["load data"]} == set(groups)

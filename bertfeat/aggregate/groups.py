@@ -31,6 +31,11 @@ def stage_key(settings):
 _GROUPS_RE = re.compile(r"^groups_[0-9a-f]+_([0-9a-f]{8})_([0-9]+)_[0-9a-f]{8}$")  # host, pid
 
 
+def _sql_string(text):
+    """`text` inside a single-quoted SQL literal (COPY takes no parameter for its file name)."""
+    return text.replace("'", "''")
+
+
 def _unusable(path, e):
     return BertfeatError(
         f"cannot use the stage file {path} ({str(e).strip().splitlines()[0][:160]}): it only caches"
@@ -162,6 +167,14 @@ class Stage:
     def _names(self, schema):
         prefix = f"{schema}." if schema else ""
         return prefix + self.table, prefix + self.groups
+
+    def to_csv(self, sql, params, path):
+        """Write one of the *_sql queries' rows to `path` as CSV (no header, every field in double
+        quotes, a quote inside doubled, NULL as an unquoted NULL), straight from the stage file:
+        what MySQL's LOAD DATA reads with OPTIONALLY ENCLOSED BY '"' ESCAPED BY ''."""
+        with self._connection(read_only=True) as con:
+            con.execute(f"COPY ({sql}) TO '{_sql_string(path)}' (FORMAT csv, HEADER false, QUOTE '\"',"
+                        " ESCAPE '\"', FORCE_QUOTE *, NULLSTR 'NULL')", params)
 
     def rows(self, sql, params, batch_size=50_000):
         """Run one of the *_sql queries on a read-only connection to the stage file, in batches."""

@@ -293,7 +293,8 @@ class Engine:
         from .. import __version__
         text, runs = self.long_text_type, self.q(RUNS_TABLE)
         self.execute(f"CREATE TABLE IF NOT EXISTS {runs} (feat_table VARCHAR({MAX_NAME}), created DOUBLE,"
-                     f" bertfeat_version VARCHAR(32), featname {text}, settings {text}, summary {text})")
+                     f" bertfeat_version VARCHAR(32), featname {text}, settings {text}, summary {text})"
+                     f"{self.table_options}")
         self.execute(f"DELETE FROM {runs} WHERE feat_table = ?", [feat_table])
         self.execute(f"INSERT INTO {runs} VALUES (?, ?, ?, ?, ?, ?)",
                      [feat_table, time.time(), __version__, featname, json.dumps(settings),

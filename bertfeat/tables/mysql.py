@@ -77,7 +77,7 @@ class MySQLEngine(Engine):
 
     def _connect(self, database, **extra):
         try:
-            return pymysql.connect(**self.settings, **extra, **({"database": database} if database else {}))
+            return pymysql.connect(**{**self.settings, **extra, **({"database": database} if database else {})})
         except pymysql.err.MySQLError as e:
             errno, msg = (e.args + (None, None))[:2]
             if errno == ER.BAD_DB_ERROR:
@@ -210,6 +210,43 @@ class MySQLEngine(Engine):
     def copy_schema(self, src, dst, text_column):
         self.execute(f"CREATE TABLE {self.q(dst)} LIKE {self.q(src)}")
         self.execute(f"ALTER TABLE {self.q(dst)} MODIFY {self.q(text_column)} LONGTEXT{self.table_options}")
+
+    write_path = None  # how the last feature table was written: "load data" or "executemany"
+
+    def insert_staged(self, table, stage, make_sql, extra):
+        """The stage's rows into `table`: by LOAD DATA LOCAL INFILE from a CSV the stage writes
+        (1.6-1.7x executemany's rate, bench/README.md "MySQL writes") where the server allows it
+        (`local_infile`), else by the driver's multi-row INSERTs. The same table either way
+        (tests/test_ids_compare_bytewise.py, test_mysql_write_paths). `write_path` says which."""
+        if self._local_infile_allowed():
+            import tempfile
+            with tempfile.TemporaryDirectory(prefix="bertfeat-load-") as folder:
+                path = os.path.join(folder, "rows.csv")
+                stage.to_csv(*make_sql(*extra), path)
+                con = self._connect(self.db, local_infile=True)
+                try:
+                    with con.cursor() as cur:
+                        cur.execute(f"LOAD DATA LOCAL INFILE %s INTO TABLE {self.q(table)} CHARACTER SET utf8mb4"
+                                    " FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' ESCAPED BY ''"
+                                    " LINES TERMINATED BY '\n' (id, group_id, feat, value, group_norm)", [path])
+                        warnings = cur.execute("SHOW WARNINGS") and cur.fetchall()
+                    if warnings:  # a value the server changed (truncated, converted): never a silent table
+                        raise BertfeatError(f"MySQL changed values while loading {table}: {warnings[0][2]}")
+                    con.commit()
+                finally:
+                    con.close()
+            self.write_path = "load data"
+            return
+        self.write_path = "executemany"
+        super().insert_staged(table, stage, make_sql, extra)
+
+    def _local_infile_allowed(self):
+        """The server accepts LOAD DATA LOCAL (checked once per connection; BERTFEAT_MYSQL_LOAD_DATA=0
+        turns the fast path off)."""
+        if not hasattr(self, "_local_infile"):
+            off = os.environ.get("BERTFEAT_MYSQL_LOAD_DATA") == "0"
+            self._local_infile = not off and bool(self.query("SELECT @@GLOBAL.local_infile")[0][0])
+        return self._local_infile
 
     def create_feature_table(self, table, group_type):
         self.execute(
