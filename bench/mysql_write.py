@@ -15,7 +15,9 @@ Methods (`safe` = values never pass through a client-side SQL parser):
   connector cmd_query       statements built from the driver's own escaping, sent with cmd_query
   pymysql executemany       PyMySQL: values escaped by the driver, joined into multi-row INSERTs
   pymysql load data         PyMySQL LOAD DATA LOCAL INFILE from a temporary TSV
-Prints one table: rows/s and the time a 10^7-row feature table would take at that rate.
+Prints one table: rows/s and the time a 10^7-row feature table would take at that rate; then
+bertfeat's own write (stage -> feature table, both paths it chooses between: LOAD DATA LOCAL
+INFILE from a CSV DuckDB writes, or PyMySQL's executemany), the table indexed as a run leaves it.
 """
 import argparse
 import csv
@@ -142,6 +144,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--feature_rows", type=int, default=300_000)
     ap.add_argument("--text_copies", type=int, default=20)
+    ap.add_argument("--stage_groups", type=int, default=2000,
+                    help="also time bertfeat's own feature-table write from a stage of this many groups (0: not)")
     args = ap.parse_args()
     import pymysql
     try:
@@ -183,8 +187,41 @@ def main():
             ten7 = f"{1e7 / (len(rows) / s) / 60:.1f} min" if load == "feature" else ""
             print(f"| {load} | {name} | {safe} | {len(rows):,} | {s:.2f} | {len(rows) / s:,.0f} |"
                   f" {mb / s:.1f} | {ten7} |", flush=True)
+    if args.stage_groups:
+        stage_writes(args.stage_groups)
     acur.execute(f"DROP DATABASE IF EXISTS {DB}")
     admin.close()
+
+
+def stage_writes(n_groups, dims=768):
+    """bertfeat's own feature-table write (engine.insert_staged via bert._write_feature_table),
+    stage -> MySQL, by both paths: `n_groups` groups of one message, `dims`-dim vectors."""
+    import numpy as np
+
+    from bertfeat.aggregate.groups import Stage
+    from bertfeat.bert import _write_feature_table
+    from bertfeat.tables import connect
+    work = tempfile.mkdtemp(prefix="bertfeat-stage-write-")
+    stage = Stage(os.path.join(work, "s.duckdb"), {"bench": 1}, "BIGINT", "BIGINT")
+    rng = np.random.default_rng(0)
+    for k in range(0, n_groups, 10_000):
+        ids = range(k, min(k + 10_000, n_groups))
+        stage.put([(i, f"h{i}", rng.standard_normal(dims).astype(np.float32)) for i in ids], [(i, i) for i in ids])
+    conn = {"db_engine": "mysql", "mysql_host": HOST, "mysql_port": PORT, "mysql_user": USER,
+            "mysql_config_file": str(ROOT / "tests" / "data" / "client_only.my.cnf")}
+    rows = n_groups * dims
+    print(f"\nbertfeat's write, stage -> feature table ({n_groups:,} groups x {dims} dims = {rows:,} rows,"
+          " mean per group, table indexed after):\n")
+    print("| path | seconds | rows/s | 10^5 groups x 768 |\n|---|---|---|---|")
+    for path in ("executemany", "load data"):
+        os.environ["BERTFEAT_MYSQL_LOAD_DATA"] = "1" if path == "load data" else "0"
+        with connect(DB, **conn) as engine:
+            t = time.perf_counter()
+            n = _write_feature_table(engine, stage, f"feat$bench_{path[0]}", stage.group_features_sql,
+                                     (["mean"],), "BIGINT")
+            s = time.perf_counter() - t
+            assert n == rows and engine.write_path == path, (n, engine.write_path)
+        print(f"| {path} | {s:.1f} | {rows / s:,.0f} | {7.68e7 / (rows / s) / 60:.1f} min |", flush=True)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,11 @@ def messages():
         return [split_sentences(r["message"]) for r in csv.DictReader(f)]
 
 
-def per_layer_vectors(entry, messages, n_layers):
-    """[messages, layers, H]: each message's vector at every layer (SPEC §3, word and message means)."""
-    vectors = MessageEmbedder(entry, list(range(n_layers)))(messages)
+def per_layer_vectors(entry, messages, n_layers, chunk=40):
+    """[messages, layers, H]: each message's vector at every layer (SPEC §3, word and message
+    means), `chunk` messages at a time (every token's vector at every layer is held per call)."""
+    embed = MessageEmbedder(entry, list(range(n_layers)))
+    vectors = [v for k in range(0, len(messages), chunk) for v in embed(messages[k:k + chunk])]
     return np.stack([v.reshape(n_layers, -1) for v in vectors if v is not None])
 
 
