@@ -147,6 +147,11 @@ def child(args):
               "int8": lambda a: part_e2e(a, os.path.join(a.work, "stage8"), precision="int8"),
               "int8_x10": lambda a: part_e2e(a, os.path.join(a.work, "stage8x"), precision="int8",
                                              copies=10)}[args.part](args)
+    report(result)
+
+
+def report(result):
+    """A part's result as `run_parts` reads it (one RESULT line), with this process's peak RSS."""
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 

@@ -23,7 +23,6 @@ import csv
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -100,12 +99,10 @@ def main():
     ap.add_argument("--work")
     ap.add_argument("--conn")
     args = ap.parse_args()
-    if args.part:
-        result = phase(args)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print("RESULT " + json.dumps(result))
-        return
     sys.path.insert(0, str(ROOT / "bench"))
+    if args.part:
+        from add_bert import report
+        return report(phase(args))
     from runtime import cpu_isa
     print(f"# {cpu_isa()}; {os.cpu_count()} CPUs; engine {args.engine}; stand-in encoder (384 dims)\n")
     print("| posts | groups | phase | seconds | peak RSS MB | database MB | stage MB | rows |")

@@ -14,16 +14,15 @@ With --device cuda (onnxruntime-gpu and a CUDA torch): (a), (b) and (c) on the G
 fp16 instead of (d), and the sweep; the CPU-only GEMM ceiling and cold start are left out.
 """
 import argparse
-import json
 import os
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_bert import DEFAULT_CSV, MODEL, ROOT, default_layer, run_parts, torch_inputs, windows_by_group  # noqa: E402
+from add_bert import (DEFAULT_CSV, MODEL, ROOT, default_layer, report, run_parts, torch_inputs,  # noqa: E402
+                      windows_by_group)
 
 
 def flops_per_token(hidden, inter, layers, mean_len):
@@ -167,10 +166,7 @@ def main():
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = p.parse_args()
     if args.part:
-        result = part(args)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print("RESULT " + json.dumps(result))
-        return
+        return report(part(args))
     work = tempfile.mkdtemp(prefix="bertfeat-bench-")
     if args.device == "cuda":
         return main_cuda(args, work)

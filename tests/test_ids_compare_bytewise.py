@@ -84,8 +84,8 @@ def test_mysql_write_paths_give_the_same_table(tmp_path, mysql_db, monkeypatch):
         s = bertfeat.add_bert(db, "msgs", "user_id", bert_table_name=f"feat$path_{path[0]}", **kw)
         assert s["write_path"] == path and s["groups"] == len(groups)
         with connect(db, **conn) as engine:
-            tables[path] = sorted(engine.query(f"SELECT id, group_id, feat, value, group_norm FROM"
-                                               f" {engine.q(s['table'])}"))
+            tables[path] = [sorted(engine.query(f"SELECT id, group_id, feat, value, group_norm FROM {engine.q(t)}"))
+                            for t in (s["table"], s["message_table"])]  # group means (DOUBLE), message values (FLOAT)
             runs = engine.query("SELECT summary FROM bertfeat_runs WHERE feat_table = ?", [s["table"]])
         assert f'"write_path": "{path}"' in runs[-1][0]
-    assert tables["load data"] == tables["executemany"] and {r[1] for r in tables["load data"]} == set(groups)
+    assert tables["load data"] == tables["executemany"] and {r[1] for r in tables["load data"][0]} == set(groups)

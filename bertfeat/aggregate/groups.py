@@ -172,6 +172,9 @@ class Stage:
         """Write one of the *_sql queries' rows to `path` as CSV (no header, every field in double
         quotes, a quote inside doubled, NULL as an unquoted NULL), straight from the stage file:
         what MySQL's LOAD DATA reads with OPTIONALLY ENCLOSED BY '"' ESCAPED BY ''."""
+        # values as DOUBLE: a staged FLOAT written as its own shortest decimal would be read back
+        # by MySQL as a different double (5.7e-8 off) than the exact one the INSERT path sends
+        sql = f"SELECT id, group_id, feat, CAST(value AS DOUBLE), CAST(group_norm AS DOUBLE) FROM ({sql})"
         with self._connection(read_only=True) as con:
             con.execute(f"COPY ({sql}) TO '{_sql_string(path)}' (FORMAT csv, HEADER false, QUOTE '\"',"
                         " ESCAPE '\"', FORCE_QUOTE *, NULLSTR 'NULL')", params)
