@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import BertfeatError
 from ..tables import HOST_TAG, _alive
-from ..tables.duck import HeldFile, insert_columns, insert_vectors, waiting_for_lock
+from ..tables.duck import DUCKDB_CONFIG, HeldFile, insert_columns, insert_vectors, waiting_for_lock
 from . import ABBR
 
 DUCK_AGG = {"mean": "avg", "median": "median", "max": "max", "min": "min", "sum": "sum",
@@ -46,7 +46,8 @@ def open_stage(path, read_only=False, lock_timeout=None):
     """A connection to the stage file (waiting while another run holds it); an unreadable file is
     a one-line error that says what to do."""
     try:
-        return waiting_for_lock(lambda: duckdb.connect(path, read_only=read_only), path, lock_timeout)
+        return waiting_for_lock(lambda: duckdb.connect(path, read_only=read_only, config=DUCKDB_CONFIG), path,
+                                lock_timeout)
     except duckdb.Error as e:
         raise _unusable(path, e) from e
 
