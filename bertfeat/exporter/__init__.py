@@ -265,8 +265,8 @@ def _build_fp32(name, src, depth, tmp, key, previous=None):
 
     PyTorch runs in a child process of its own (`_traced`), which exits before ONNX Runtime
     loads the graph: its ~1 GB (libraries, the model's weights, the tracer's copies) is never
-    held beside the fusion's and the sessions' (a base-size export's peak RSS 4.2 -> see
-    bench/README.md "Export")."""
+    held beside the fusion's and the sessions' (all-mpnet-base-v2: 4.75 -> 4.0 GB with the
+    fusion's own change, bench/README.md "Base-size models")."""
     import subprocess
     import sys
     code = "import sys; from bertfeat.exporter import _traced_main; sys.exit(_traced_main(*sys.argv[1:]))"
@@ -328,7 +328,7 @@ def _traced_main(src, depth, tmp):
 def _release_memory():
     """Hand freed memory back to the OS: a base-size model's PyTorch weights and the fusion's
     ONNX protobufs are ~0.5 GB each, and glibc keeps freed blocks in the process otherwise
-    (peak RSS of a base-size export 4.0 -> see bench/README.md "export")."""
+    (bench/README.md "Base-size models": what a base-size export peaks at)."""
     import ctypes
     import gc
     gc.collect()
