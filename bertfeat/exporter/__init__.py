@@ -701,7 +701,7 @@ def _fuse(raw, target, config):
     session that holds the weights while it writes a second copy). The same fused ops on BERT
     and MPNet, only a few Constant nodes more, which a session folds when it loads: the outputs
     are bitwise those of opt_level=1, and on a base-size model the fusion takes 5 s instead of
-    13 s and peaks at 2.3 GB instead of 3.2 GB (bench/README.md "Export")."""
+    13 s and peaks at 2.3 GB instead of 3.2 GB (bench/README.md "Base-size models")."""
     try:
         from onnxruntime.transformers.optimizer import optimize_model
         heads = getattr(config, "num_attention_heads", 0)
