@@ -1,5 +1,7 @@
 """--ray: the same table as a local run, from a real local Ray (several worker processes), with the
 model shipped to the actors through Ray's object store. Stage, resume and dedup are the driver's."""
+import os
+
 import pytest
 
 import bertfeat
@@ -128,3 +130,17 @@ def test_hostile_text_and_text_ids_through_worker_shard_reads(tiny, mysql_db, tm
     got = rows(db, conn, remote["message_table"])
     assert got.keys() == want.keys()
     assert max(abs(got[k] - want[k]) / max(1e-12, abs(want[k])) for k in got) <= 1e-5
+
+
+def test_a_local_ray_run_prints_only_bertfeat_lines(tmp_path):
+    """Issue 22.8: Ray's notice that token authentication is enabled (its default for a local
+    cluster) does not reach the user's stderr; the run's own lines do."""
+    import subprocess
+    import sys
+    conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    bertfeat.import_csv("t", "msgs", MSGS_CSV, progress=False, **conn)
+    r = subprocess.run([sys.executable, "-m", "bertfeat", "-d", "t", "--db_dir", str(tmp_path), "-t", "msgs",
+                        "--add_sent_tokenized", "--ray", "--no_progress"], capture_output=True, text=True,
+                       timeout=300, env={k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"})
+    assert r.returncode == 0 and "add_sent_tokenized: read 741 messages" in r.stdout, r.stderr
+    assert "Token authentication" not in r.stderr, r.stderr

@@ -14,6 +14,7 @@ Ray Data source would need the rows as files every node can read; the driver's o
 message is measured in bench/scaleout.py.
 """
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -36,6 +37,20 @@ def import_ray():
         raise BertfeatError(f"--ray needs Ray, which is not installed: {INSTALL}") from None
 
 
+class _TokenAuthEnabled(logging.Filter):
+    """Ray's "Token authentication is enabled for this Ray cluster" (its secure default for a
+    local cluster) is not for bertfeat's users; its warning that authentication is *disabled*
+    still shows."""
+    def filter(self, record):
+        return "authentication is enabled for this Ray cluster" not in record.getMessage()
+
+
+def _quiet_token_notice():
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenAuthEnabled) for f in log.filters):
+        log.addFilter(_TokenAuthEnabled())
+
+
 def _start(ray, address):
     """Join the cluster at `address` ('auto', host:port, or RAY_ADDRESS), or start a local one
     ('local'); returns whether this process started Ray (and so shuts it down)."""
@@ -43,6 +58,7 @@ def _start(ray, address):
         return False
     kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     check_reachable(address)
+    _quiet_token_notice()
     try:
         if address in (None, "", "local"):
             ray.init(address="local", **kwargs)
