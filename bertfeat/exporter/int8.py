@@ -136,13 +136,10 @@ def per_token_int8(src, target, skip=(), weight_bits=8, unsigned_weights=False, 
 
     def qmatmul(x, w_name, out, tag, shift=None):
         w = numpy_helper.to_array(weights[w_name]).astype(np.float32)
-        scale = (np.maximum(np.abs(w).max(0), 1e-12) / w_max).astype(np.float32)
-        w8 = np.clip(np.round(w / scale), -w_max, w_max)
+        w8, scale = _int8_weights(w, w_max)
         if shift is not None:
-            smooth = producer.get(x)
-            if smooth is not None and smooth.op_type == "Mul" and smooth.input[1] in weights:
-                shift = shift * numpy_helper.to_array(weights[smooth.input[1]]).astype(np.float32)  # x / s_j
-            shift = np.broadcast_to(np.asarray(shift, np.float32), w.shape[:1])
+            shift = np.broadcast_to(np.asarray(_smoothed_shift(shift, x, producer, weights), np.float32),
+                                    w.shape[:1])
             inits.append(numpy_helper.from_array(shift, f"{tag}_shift"))
             inits.append(numpy_helper.from_array((shift @ (w8 * scale)).astype(np.float32), f"{tag}_unshift"))
         inits.append(numpy_helper.from_array((w8 + 128).astype(np.uint8) if unsigned_weights else w8.astype(np.int8),
@@ -186,6 +183,22 @@ def per_token_int8(src, target, skip=(), weight_bits=8, unsigned_weights=False, 
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(target))
     return target
+
+
+def _int8_weights(w, w_max):
+    """(integer weights, per-column scale): w / scale rounded into [-w_max, w_max]."""
+    scale = (np.maximum(np.abs(w).max(0), 1e-12) / w_max).astype(np.float32)
+    return np.clip(np.round(w / scale), -w_max, w_max), scale
+
+
+def _smoothed_shift(c, x, producer, weights):
+    """The shift c of a GELU input x, per channel once x was smoothed (x / s_j: c / s_j, s_j from
+    the smoothing Mul that produces x, when there is one)."""
+    from onnx import numpy_helper
+    smooth = producer.get(x)
+    if smooth is not None and smooth.op_type == "Mul" and smooth.input[1] in weights:
+        return c * numpy_helper.to_array(weights[smooth.input[1]]).astype(np.float32)
+    return c
 
 
 def ffn_output_matmuls(model_path):
@@ -287,9 +300,9 @@ def sensitivity(model_path, feeds, names, weight_bits=8, shifted=None):
     fp32 input on `feeds`: per-token activations (255 levels above -c where `shifted` gives c,
     else 127 each side of zero) times per-column `weight_bits` weights, against the fp32 product;
     ||int8 - fp32|| / ||fp32|| over each window's tokens, the worst window's. The calibration
-    windows' activations are held
-    (~0.4 GB for a base-size model), the weights one node at a time. The search
-    (`mixed_precision`) keeps the worst fp32 first."""
+    windows' activations are held (~0.4 GB for a base-size model), the weights one node at a
+    time. The weights and the shift are quantized as `per_token_int8` does (`_int8_weights`,
+    `_smoothed_shift`). The search (`mixed_precision`) keeps the worst fp32 first."""
     import onnx
     from onnx import numpy_helper
     graph = onnx.load(str(model_path)).graph
@@ -309,16 +322,14 @@ def sensitivity(model_path, feeds, names, weight_bits=8, shifted=None):
         n = nodes[k]
         x = inputs[n.input[0]]
         w = numpy_helper.to_array(weights[n.input[1]]).astype(np.float32)
-        scale = np.maximum(np.abs(w).max(0), 1e-12) / w_max
-        wq = np.clip(np.round(w / scale), -w_max, w_max) * scale
+        w8, scale = _int8_weights(w, w_max)
+        wq = w8 * scale
         c = (shifted or {}).get(k)
         if c is None:
             m = np.maximum(np.abs(x).max(1, keepdims=True), 1e-12)
             xq = np.round(x / m * 127) / 127 * m
         else:
-            smooth = producer.get(n.input[0])
-            if smooth is not None and smooth.op_type == "Mul" and smooth.input[1] in weights:
-                c = c * numpy_helper.to_array(weights[smooth.input[1]]).astype(np.float32)
+            c = _smoothed_shift(c, n.input[0], producer, weights)
             xs = x + c
             m = np.maximum(xs.max(1, keepdims=True), 1e-12)
             xq = np.round(xs / m * 255) / 255 * m - c
