@@ -457,3 +457,62 @@ def test_a_pre_exported_int8_model_serves_the_default_layer(tiny, tmp_path, corp
     s = bertfeat.add_bert("f", "msgs", "user_id", bert_model="tiny-org/tiny-bert", precision="int8",
                           model_dir=cache, stage_dir=str(tmp_path), progress=False, **conn)
     assert s["groups"] > 0 and sorted(p.name for p in full.parent.iterdir()) == before
+
+
+def test_mixed_precision_gives_up_past_its_limit():
+    """With a limit, the search stops once more than `limit` would be kept fp32 (None), so the
+    export can try short windows in fp32 instead; within the limit it finds the same count."""
+    from bertfeat.exporter.int8 import mixed_precision
+    ranked = [f"m{i}" for i in range(40)]
+    for need, expect in ((0, []), (3, ranked[:3]), (4, ranked[:4]), (5, None), (21, None)):
+        keep, _, tries = mixed_precision(lambda keep: keep, lambda keep, need=need: (len(keep) >= need, None),
+                                         ranked, limit=4)
+        assert keep == expect and tries <= 5
+
+
+def test_int8_runs_short_windows_in_fp32_where_only_they_disagree(tiny, tmp_path, monkeypatch):
+    """all-mpnet-base-v2's case on a tiny model: the windows of a few tokens disagree whatever is
+    kept fp32 (here the measured agreement is replaced by 0.5 whenever they are in the gate),
+    the longer ones agree. The search gives up after ROUTE_AFTER MatMuls, searches again on the
+    longer windows, and the export keeps the fp32 graph for the short ones: the manifest says up
+    to which length, the cache verifies that graph too, the runtime runs such windows on it
+    (the fp32 export's vectors) and never batches them with longer ones, and
+    --list_models says so."""
+    from bertfeat import exporter
+    from bertfeat.exporter.int8 import ROUTE_AFTER
+    from bertfeat.models import entry_is_intact, usable_layers
+    from test_accuracy import real_windows, worst_window_cosines
+    cache = str(tmp_path / "m")
+    fp32 = Encoder(locate(tiny["bert"], 3, "fp32", cache))
+    measured, gated = exporter._agreement, []
+
+    def short_windows_fail(fp32_entry, path, manifest, precision, min_tokens=0):
+        per_layer, provider = measured(fp32_entry, path, manifest, precision, min_tokens)
+        gated.append(min_tokens)
+        return (per_layer if min_tokens else [0.5] * len(per_layer)), provider
+    monkeypatch.setattr(exporter, "_agreement", short_windows_fail)
+    recipes = exporter.int8_recipes
+    monkeypatch.setattr(exporter, "int8_recipes", lambda: [r for r in recipes() if r.searched])
+    entry = exporter.export(tiny["bert"], "int8", 3, cache)
+    m = read_manifest(entry)
+    up_to = exporter.FP32_WINDOW_TOKENS
+    assert m["int8_fp32_windows_up_to"] == up_to and m["int8_fp32_matmuls"] == [], m
+    assert gated[:ROUTE_AFTER] == [0] * ROUTE_AFTER and set(gated[ROUTE_AFTER:]) == {up_to}
+    assert exporter.FP32_GRAPH in m["files"] and entry_is_intact(entry, full=True)
+    assert usable_layers(m) == [0, 1, 2]
+    enc = Encoder(entry)
+    windows = real_windows(fp32, 150)
+    short = [w for w in windows if len(w[0]) <= up_to] + [([2, 5, 3], [0, 0, 0]), ([2, 5, 3, 3, 6, 3], [0] * 6)]
+    long = [w for w in windows if len(w[0]) > up_to]
+    assert len(short) > 2 and long
+    got, want = enc.run(short + long, [0, 1, 2]), fp32.run(short + long, [0, 1, 2])
+    # fp32 up to float rounding (batches padded to other widths), int8 well beyond it
+    assert max(np.abs(g - w).max() for g, w in zip(got[:len(short)], want[:len(short)])) < 1e-5
+    assert max(np.abs(g - w).max() for g, w in zip(got[len(short):], want[len(short):])) > 1e-4
+    assert min(worst_window_cosines(want[len(short):], got[len(short):], 3)) >= 0.995
+    lengths = np.array([len(w[0]) for w in short + long])
+    for batch in enc.batches(lengths):
+        assert len({bool(n <= up_to) for n in lengths[batch]}) == 1
+    listed = subprocess.run([sys.executable, "-m", "bertfeat.cli", "--list_models", "--model_dir", cache],
+                            capture_output=True, text=True).stdout
+    assert f"windows of up to {up_to} tokens run in fp32" in listed
