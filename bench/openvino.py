@@ -66,7 +66,7 @@ def main():
         windows = pickle.load(f)
     lengths = np.array([len(w[0]) for w in windows])
     from bertfeat.runtime import Encoder
-    plan = list(Encoder.batches(type("B", (), {"batch_tokens": 2048, "fp32_up_to": 0})(), lengths))
+    plan = list(Encoder.batches(type("B", (), {"batch_tokens": 2048})(), lengths))
     feeds = list(batches_of(windows, lengths, plan))
     layers = np.arange(6, dtype=np.int64)
 

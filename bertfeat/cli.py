@@ -228,8 +228,6 @@ def _entry_info(manifest):
             agreement += f"; {manifest['speedup_vs_fp32']}x fp32's speed at export"
         if manifest.get("int8_fp32_matmuls"):
             agreement += f"; {len(manifest['int8_fp32_matmuls'])} MatMuls kept fp32"
-        if manifest.get("int8_fp32_windows_up_to"):
-            agreement += f"; windows of up to {manifest['int8_fp32_windows_up_to']} tokens run in fp32"
     return f"depth {manifest['depth']}/{manifest['layers']} {manifest['precision']} {agreement}"
 
 

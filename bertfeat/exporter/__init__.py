@@ -218,8 +218,7 @@ def _cache_entry(final, force, build):
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
         try:
             manifest = build(tmp)
-            manifest.update(files={f: file_sha256(tmp / f) for f in ("model.onnx", FP32_GRAPH, "tokenizer.json")
-                                   if (tmp / f).exists()},
+            manifest.update(files={f: file_sha256(tmp / f) for f in ("model.onnx", "tokenizer.json")},
                             created=time.time(), export_seconds=round(time.perf_counter() - started, 1))
             with open(tmp / MANIFEST, "w") as f:
                 json.dump(manifest, f, indent=1)
@@ -488,23 +487,17 @@ def int8_recipes():
     7-bit weights), then per token with 7-bit weights and the same search (no pair of u8 x s8
     products can saturate 16 bits). Per token starts from the graph the fp32 export kept, per
     window from the fused one."""
-    every = (f"smoothquant{int8.SMOOTH_ALPHA}-ffn-output-{int8.FFN_OUTPUT_ALPHA}-shifted-fewest-fp32"
-             f"-else-windows-upto{FP32_WINDOW_TOKENS}-fp32-after{int8.ROUTE_AFTER}")
+    every = f"smoothquant{int8.SMOOTH_ALPHA}-ffn-output-{int8.FFN_OUTPUT_ALPHA}-shifted-fewest-fp32"
     if int8_dot_is_exact():
         return [Recipe(f"int8-per-token-8bit-weights-{every}",
-                       functools.partial(int8.per_token_mixed, weight_bits=8, route_tokens=FP32_WINDOW_TOKENS),
+                       functools.partial(int8.per_token_mixed, weight_bits=8),
                        extra={"needs_int8_dot": True}, graph="kept", searched=True)]
     return [Recipe(f"dynamic-int8-per-window-7bit-weights-smoothquant{int8.SMOOTH_ALPHA}-ffn-output-fp32-agreement2",
                    int8.per_window, per_window=True),
-            Recipe(f"int8-per-token-7bit-weights-{every}",
-                   functools.partial(int8.per_token_mixed, weight_bits=7, route_tokens=FP32_WINDOW_TOKENS),
+            Recipe(f"int8-per-token-7bit-weights-{every}", functools.partial(int8.per_token_mixed, weight_bits=7),
                    graph="kept", searched=True)]
 
 
-# int8 exports may run the windows of at most this many tokens (special ones included) on the
-# fp32 graph, kept in the entry as FP32_GRAPH (int8.per_token_mixed says when and why)
-FP32_WINDOW_TOKENS = 12
-FP32_GRAPH = "model_fp32.onnx"
 SEARCH_MARGIN = 0.001  # the search stops at the gate + this on the built-in windows: unseen text needs room
 # (all-MiniLM-L6-v2 with 7-bit weights: 0.9957 at the gate, 0.99497 on real msgs100u windows)
 
@@ -522,8 +515,8 @@ def export_int8(name, depth=None, root=None, force=False):
             if not recipe.searched:
                 return recipe.convert(source, target, feeds)
 
-            def agrees(path, min_tokens=0):
-                per_layer, _ = _agreement(fp32_entry, path, m, "int8", min_tokens)
+            def agrees(path):
+                per_layer, _ = _agreement(fp32_entry, path, m, "int8")
                 return min(per_layer) >= MIN_COSINE + SEARCH_MARGIN, per_layer
             return recipe.convert(source, target, feeds, agrees)
         return run
@@ -596,8 +589,7 @@ def _derive(name, precision, depth, root, force, recipes):
                 source, optimizations = fp32_entry / "model.onnx", fp32["optimizations"]
             (tmp / recipe.label).mkdir()
             record = recipe.convert(source, tmp / recipe.label / "model.onnx", fp32_entry) or {}
-            per_layer, provider = _agreement(fp32_entry, tmp / recipe.label / "model.onnx", fp32, precision,
-                                             record.get("int8_fp32_windows_up_to", 0))
+            per_layer, provider = _agreement(fp32_entry, tmp / recipe.label / "model.onnx", fp32, precision)
             tried[recipe.label] = (per_layer, provider, recipe, optimizations, record)
             if min(per_layer) >= MIN_COSINE:
                 break
@@ -625,8 +617,6 @@ def _derive(name, precision, depth, root, force, recipes):
         if fused and fused[0].parent == tmp:
             fused[0].unlink()
         shutil.copy(fp32_entry / "tokenizer.json", tmp / "tokenizer.json")
-        if record.get("int8_fp32_windows_up_to"):  # the short windows' graph (runtime.Encoder routes them)
-            _link_or_copy(fp32_entry / "model.onnx", tmp / FP32_GRAPH)
         return {**fp32, "fingerprint": final.name, "precision": precision, "per_window": recipe.per_window,
                 "optimizations": optimizations + [label],
                 "fp32_min_window_cosine": _recorded(min(per_layer)), "fp32_layer_cosine": _recorded(per_layer),
@@ -648,13 +638,6 @@ def _recorded(cosines):
     return math.floor(cosines * 1e6) / 1e6
 
 
-def _link_or_copy(src, dst):
-    try:
-        os.link(src, dst)  # the same bytes as the fp32 entry's graph: no second copy on disk
-    except OSError:
-        shutil.copy(src, dst)
-
-
 def _timing_batch(fp32_entry, manifest):
     """A batch for `_seconds` from the agreement windows' pieces, the export's deepest layer."""
     feeds = agreement_feeds(fp32_entry / "tokenizer.json", manifest["inputs"], manifest["depth"],
@@ -663,10 +646,9 @@ def _timing_batch(fp32_entry, manifest):
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "layers": np.arange(manifest["depth"])}
 
 
-def _agreement(fp32_entry, path, manifest, precision, min_tokens=0):
-    """Per layer, the smallest cosine over the agreement windows (those longer than `min_tokens`
-    tokens: shorter ones run in fp32) of `path` vs fp32 word-piece-mean vectors, and the provider
-    it was measured on (CUDA for fp16 when there). Word pieces only, as
+def _agreement(fp32_entry, path, manifest, precision):
+    """Per layer, the smallest cosine over the agreement windows of `path` vs fp32 word-piece-mean
+    vectors, and the provider it was measured on (CUDA for fp16 when there). Word pieces only, as
     a message's vector is made: the template's special tokens carry very large activations in
     some models' later layers (all-mpnet-base-v2's), which made a mean over every token agree
     to 0.995 where the words' vectors agreed to 0.92 on real posts."""
@@ -675,7 +657,6 @@ def _agreement(fp32_entry, path, manifest, precision, min_tokens=0):
                 "CUDAExecutionProvider" in ort.get_available_providers() else "CPUExecutionProvider")
     feeds = agreement_feeds(fp32_entry / "tokenizer.json", manifest["inputs"], manifest["depth"],
                             manifest["max_positions"], word_pieces=True)
-    feeds = [(f, mask) for f, mask in feeds if f["input_ids"].shape[1] > min_tokens]
     model = fp32_entry / "model.onnx"
     refs = _token_means(str(model), model.stat().st_mtime_ns, provider, feeds)
     got = _token_means(str(path), None, provider, feeds)
@@ -690,7 +671,7 @@ _FP32_MEANS = {}  # the fp32 export's token means, computed once per export (a s
 def _token_means(path, stamp, provider, feeds):
     """[windows, layers, hidden]: each window's word-piece-mean vector per layer (`feeds`: (input
     dict, word-piece mask) pairs); cached by `stamp` (the fp32 graph's mtime) when given."""
-    key = (path, stamp, provider, len(feeds))
+    key = (path, stamp, provider)
     if stamp is not None and key in _FP32_MEANS:
         return _FP32_MEANS[key]
     import onnxruntime as ort

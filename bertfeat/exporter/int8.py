@@ -31,7 +31,6 @@ import numpy as np
 SMOOTH_ALPHA = 0.75  # scale migration strength (bench/int8_layers.py)
 FFN_OUTPUT_ALPHA = 0.5  # for the FFN output projections' GELU input, when int8 (0.4 .. 0.75 measured)
 GELU_MIN = 0.17  # GELU(x) >= -0.16997 (erf and tanh forms alike)
-ROUTE_AFTER = 4  # MatMuls kept fp32 beyond which the search tries short windows in fp32 instead
 
 
 def per_window(fp32_model, target, feeds):
@@ -362,12 +361,11 @@ def _activations(src, acts, feeds):
         yield {a: x.reshape(-1, x.shape[-1]) for a, x in zip(acts, outs)}
 
 
-def mixed_precision(build, agrees, ranked, limit=None):
+def mixed_precision(build, agrees, ranked):
     """The fewest of `ranked` (most damaging first) to keep fp32 so that `agrees(build(keep))`:
     none first, then 1, 2, 4, ... and a bisection between the last count that failed and the
     first that held (agreement falls as fewer are kept; each try builds and measures the graph).
-    Returns (keep, what `agrees` returned for it, tries); keep is None when every one of
-    `ranked` kept fp32 still fails, or when more than `limit` would be needed."""
+    Returns (keep, what `agrees` returned for it, tries)."""
     tries, built = {}, []
 
     def attempt(k):
@@ -377,7 +375,7 @@ def mixed_precision(build, agrees, ranked, limit=None):
         return tries[k][0]
     low, high = -1, 0  # low: largest count known to fail; high: the count tried now
     while not attempt(high):
-        if high >= len(ranked) or (limit is not None and high >= limit):
+        if high >= len(ranked):
             return None, tries[high][1], len(tries)
         low, high = high, min(len(ranked), max(1, 2 * high))
     while high - low > 1:
@@ -391,48 +389,26 @@ def mixed_precision(build, agrees, ranked, limit=None):
     return ranked[:high], tries[high][1], len(tries)
 
 
-def per_token_mixed(fp32_model, target, feeds, agrees, weight_bits=8, unsigned_weights=False, ffn_outputs=True,
-                    route_tokens=None):
-    """`per_token` with the fewest MatMuls kept fp32 for `agrees(graph, min_tokens)` to hold
-    (every layer at the gate, on the windows longer than min_tokens): ranked by `sensitivity` on
-    `feeds`, searched by `mixed_precision`. One smoothing serves every try (a MatMul kept fp32
-    computes the same product, smoothed or not).
-
-    With `route_tokens`, where every window would need more than ROUTE_AFTER MatMuls fp32, the
-    search runs again on the windows longer than `route_tokens` tokens only, and the windows up
-    to that length run on the fp32 graph (the runtime routes them, runtime.Encoder): in a window
-    of a few word pieces among the template's special tokens, whose activations are huge in some
-    models' later layers, int8 can fail outright (all-mpnet-base-v2: "<s> . </s></s> . </s>"
-    at cosine 0.1 to fp32 with every MatMul int8, while every window of more than 12 tokens
-    held at 0.9967 with one MatMul fp32; bench/README.md "Base-size models"). Such windows are
-    short, so running them in fp32 costs little. Returns the manifest's record: which MatMuls
-    stayed fp32, of how many, how many graphs were tried, and the routed length when routed."""
+def per_token_mixed(fp32_model, target, feeds, agrees, weight_bits=8, unsigned_weights=False, ffn_outputs=True):
+    """`per_token` with the fewest MatMuls kept fp32 for `agrees(graph)` to hold (every layer
+    at the gate): ranked by `sensitivity` on `feeds`, searched by `mixed_precision`. One smoothing
+    serves every try (a MatMul kept fp32 computes the same product, smoothed or not). Returns
+    the manifest's record: which MatMuls stayed fp32, of how many, and how many graphs were tried."""
     ffn2 = ffn_output_matmuls(fp32_model)
     keep = () if ffn_outputs else tuple(ffn2)
     shifted = {n: GELU_MIN for n in ffn2} if ffn_outputs else {}
     smoothed = smooth_activations(fp32_model, target.parent / "smoothed.onnx", feeds, SMOOTH_ALPHA, skip=keep,
                                   alphas={n: FFN_OUTPUT_ALPHA for n in ffn2})
     names = quantizable_matmuls(smoothed, skip=keep)
+    err = sensitivity(smoothed, feeds, names, weight_bits, shifted)
+    ranked = sorted(names, key=lambda k: -err[k])
 
     def build(more):
         return per_token_int8(smoothed, target, skip={*keep, *more}, weight_bits=weight_bits,
                               unsigned_weights=unsigned_weights, shifted=shifted)
-
-    def search(min_tokens, limit):
-        windows = [f for f in feeds if f["input_ids"].shape[1] > min_tokens]
-        err = sensitivity(smoothed, windows, names, weight_bits, shifted)
-        ranked = sorted(names, key=lambda k: -err[k])
-        chosen, _, tries = mixed_precision(build, lambda path: agrees(path, min_tokens), ranked, limit)
-        return chosen, ranked, tries
-
-    routed = None
-    chosen, ranked, tries = search(0, ROUTE_AFTER if route_tokens else None)
-    if chosen is None and route_tokens:
-        routed = route_tokens
-        chosen, ranked, more = search(route_tokens, None)
-        tries += more
+    chosen, _, tries = mixed_precision(build, agrees, ranked)
     smoothed.unlink()
     if chosen is None:  # every MatMul fp32 and still below: leave the last try for the caller's gate
         chosen = ranked
     return {"int8_fp32_matmuls": list(keep) + list(chosen), "int8_matmuls": len(names) - len(chosen),
-            "int8_search_tries": tries, **({"int8_fp32_windows_up_to": routed} if routed else {})}
+            "int8_search_tries": tries}

@@ -86,11 +86,15 @@ class Encoder:
         self.device = resolve_device(device)
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda"
                      else ["CPUExecutionProvider"])
-        self.session = _session(ort, entry / "model.onnx", options, providers)
-        # an int8 export may run its short windows on the fp32 graph (exporter/int8.per_token_mixed)
-        self.fp32_up_to = int(self.manifest.get("int8_fp32_windows_up_to") or 0)
-        self.fp32_session = (_session(ort, entry / self.manifest.get("int8_fp32_graph", "model_fp32.onnx"), options,
-                                      providers) if self.fp32_up_to else None)
+        try:
+            self.session = ort.InferenceSession(str(entry / "model.onnx"), options, providers=providers)
+        except Exception as e:  # ONNX Runtime raises its own classes for unreadable graphs
+            if type(e).__module__.startswith("onnxruntime"):
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise CorruptedEntry(f"cannot load {entry / 'model.onnx'} ({first[:200]}): the cache"
+                                     " entry is corrupted; delete that folder (the next run exports"
+                                     " it again), or run bertfeat --verify_models") from e
+            raise
         if self.device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             built = getattr(getattr(ort.capi, "build_and_package_info", None), "cuda_version", None)
             raise BertfeatError(f"onnxruntime-gpu {ort.__version__} is installed but could not start CUDA"
@@ -110,14 +114,12 @@ class Encoder:
 
     # --- inference ---------------------------------------------------------------------
     def batches(self, lengths):
-        """Length-sorted batches of window indices, each within `batch_tokens` padded tokens (and,
-        where short windows run on the fp32 graph, never mixing them with longer ones)."""
+        """Length-sorted batches of window indices, each within `batch_tokens` padded tokens."""
         order = np.argsort(lengths, kind="stable")
         batch, longest = [], 0
         for i in order:
             n = int(lengths[i])
-            if batch and (max(longest, n) * (len(batch) + 1) > self.batch_tokens
-                          or longest <= self.fp32_up_to < n):
+            if batch and max(longest, n) * (len(batch) + 1) > self.batch_tokens:
                 yield batch
                 batch, longest = [], 0
             batch.append(int(i))
@@ -135,7 +137,6 @@ class Encoder:
         out = [None] * len(windows)
         lengths = np.array([len(w[0]) for w in windows])
         for batch in self.batches(lengths):
-            session = self.fp32_session if lengths[batch].max() <= self.fp32_up_to else self.session
             width = int(lengths[batch].max())
             ids = np.full((len(batch), width), self.pad_id, np.int64)
             types = np.zeros((len(batch), width), np.int64)
@@ -143,30 +144,29 @@ class Encoder:
             for r, i in enumerate(batch):
                 n = lengths[i]
                 ids[r, :n], types[r, :n], mask[r, :n] = windows[i][0], windows[i][1], 1
-            chosen = self._hidden(ids, types, mask, layers, session)
+            chosen = self._hidden(ids, types, mask, layers)
             for r, i in enumerate(batch):
                 out[i] = chosen[:, r, :lengths[i]]
             self.windows_run += len(batch)
             self.tokens_run += int(lengths[batch].sum())
         return out
 
-    def _hidden(self, ids, types, mask, layers, session=None):
+    def _hidden(self, ids, types, mask, layers):
         """One session call: the chosen layers' hidden states [len(layers), batch, tokens, H].
 
         The graph picks the layers itself and writes them straight into our array (I/O binding):
         on CUDA the result crosses to the host once, and only the layers asked for. Models
         without token types simply do not take them; exports before 0.2 return every layer.
         """
-        session = session or self.session
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "layers": layers}
         if not self.selects_layers:
-            return session.run(["hidden_states"], {k: feeds[k] for k in self.input_names})[0][layers]
+            return self.session.run(["hidden_states"], {k: feeds[k] for k in self.input_names})[0][layers]
         out = np.empty((len(layers), *ids.shape, self.hidden_size), np.float32)
-        binding = session.io_binding()
+        binding = self.session.io_binding()
         for k in self.input_names:
             binding.bind_cpu_input(k, feeds[k])
         binding.bind_output("hidden_states", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
-        session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding)
         return out
 
     def _run_per_window(self, windows, layers):
@@ -184,18 +184,6 @@ class Encoder:
         self.windows_run += len(windows)
         self.tokens_run += sum(len(w[0]) for w in windows)
         return out
-
-
-def _session(ort, path, options, providers):
-    try:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as e:  # ONNX Runtime raises its own classes for unreadable graphs
-        if type(e).__module__.startswith("onnxruntime"):
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CorruptedEntry(f"cannot load {path} ({first[:200]}): the cache entry is corrupted;"
-                                 " delete that folder (the next run exports it again), or run bertfeat"
-                                 " --verify_models") from e
-        raise
 
 
 ORT_BUILDS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml",
