@@ -105,15 +105,19 @@ class Stage:
         return self._file.released()
 
     def staged(self, message_ids, text_hashes):
-        """{message_id: text_hash} already staged, and {text_hash: vec} for the given hashes."""
-        # semi-joins against the chunk's keys (hash joins), not a per-row list search
+        """{message_id: text_hash} already staged, and {text_hash: vec} for the hashes of the
+        messages not staged with that text (another message's identical text)."""
+        # semi-joins against the chunk's keys (hash joins), not a per-row list search. The hash
+        # lookup scans the whole stage (its hashes are in no order), so it runs only for what the
+        # first lookup (by id, pruned by the ids' zone maps) did not find: a rerun never runs it
         with self._connection() as con:
             done = dict(con.execute(
                 f"SELECT message_id, text_hash FROM {self.table} WHERE message_id IN (SELECT unnest(?))",
                 [list(message_ids)]).fetchall())
+            wanted = {h for m, h in zip(message_ids, text_hashes) if done.get(m) != h}
             by_hash = dict(con.execute(
                 f"SELECT text_hash, any_value(vec) FROM {self.table} WHERE text_hash IN (SELECT unnest(?))"
-                " GROUP BY text_hash", [list(set(text_hashes))]).fetchall())
+                " GROUP BY text_hash", [list(wanted)]).fetchall()) if wanted else {}
         return done, by_hash
 
     def put(self, rows, groups=()):

@@ -100,9 +100,9 @@ class DuckEngine(Engine):
         after = None
         while True:
             sql, args = base, list(params)
-            if after is not None:
-                sql += f" AND ({mid} > ? OR ({mid} = ? AND rowid > ?))"
-                args += [after[0], after[0], after[1]]
+            if after is not None:  # `mid >= ?` alone lets the scan skip row groups by their zone maps
+                sql += f" AND {mid} >= ? AND ({mid} > ? OR ({mid} = ? AND rowid > ?))"
+                args += [after[0], after[0], after[0], after[1]]
             rows = self.query(sql + f" ORDER BY {mid}, rowid LIMIT {int(batch_size)}", args)
             if not rows:
                 return
