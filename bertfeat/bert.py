@@ -297,6 +297,9 @@ def _model(settings, model_dir):
     return settings, entry, manifest
 
 
+LOOKUP_CHUNKS = 16  # chunks read and looked up in the stage together
+
+
 def _stage_messages(engine, stage, source, fields, from_stoks, make_executor, chunk_messages, progress,
                     shard_reads=None):
     """Stage the vectors of every usable message of `source`, read a chunk at a time in id order;
@@ -336,7 +339,10 @@ def _stage_messages(engine, stage, source, fields, from_stoks, make_executor, ch
             stage.put(rows, used)
             counts["messages"] += len(used)
 
-    total, null_ids, batches = engine.by_id(source, fields[0], list(fields), chunk_messages)
+    # rows are read, and looked up in the stage, LOOKUP_CHUNKS chunks at a time: the lookup of
+    # another message's identical text scans the whole stage, so it runs once per block, not
+    # once per chunk (bench/README.md "Growth"); inference still gets a chunk at a time
+    total, null_ids, batches = engine.by_id(source, fields[0], list(fields), chunk_messages * LOOKUP_CHUNKS)
     if null_ids:
         skip("NULL message_id", null_ids)
     chunks = None
@@ -350,16 +356,20 @@ def _stage_messages(engine, stage, source, fields, from_stoks, make_executor, ch
         for batch, n_rows, skipped in chunks:
             for why, n in skipped.items():
                 skip(why, n)
-            todo = _reuse_staged(stage, batch, waiting, counts)
-            if todo:
+            todo = list(_reuse_staged(stage, batch, waiting, counts).items())
+            bar.update(n_rows - sum(len(waiting[h]) for h, _ in todo))  # reused or skipped
+            if executor:
+                collect(wait=False)
+            for k in range(0, len(todo), chunk_messages):
+                part = dict(todo[k:k + chunk_messages])
                 if executor is None:  # only when something needs inference
                     with engine.released(), stage.released():
                         executor = make_executor()
-                executor.submit(list(todo), list(todo.values()))  # runs in done(), or elsewhere
-            if executor:
+                members = sum(len(waiting[h]) for h in part)
+                executor.submit(list(part), list(part.values()))  # runs in done(), or elsewhere
                 collect(wait=executor.pending >= executor.depth)
                 bar.status = executor.status()
-            bar.update(n_rows)
+                bar.update(members)
         while executor and executor.pending:
             collect(wait=True)
     if not counts["messages"]:
