@@ -28,6 +28,19 @@ def pytest_configure(config):
         os.sched_setaffinity(0, cpus[int(worker.removeprefix("gw")) % count::count])
 
 
+def pytest_collection_modifyitems(items):
+    """Markers from what a test uses, so that `-m` can pick tiers (pyproject.toml lists them):
+    `mysql` for a test that takes the MariaDB fixture (directly, or as its engine parameter),
+    `ray` for the scale-out modules. `unit` is set by hand on tests that need none of the slow
+    things (an export with torch, a subprocess, a server, Ray, pip): `pytest -m unit`."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "mysql_db" in item.fixturenames or params.get("engine_name") == "mysql":
+            item.add_marker(pytest.mark.mysql)
+        if item.module.__name__.startswith("test_scaleout"):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def msgs_csv():
     if not MSGS_CSV.exists():

@@ -389,6 +389,7 @@ def test_a_local_folder_is_hashed_once_until_it_changes(tiny, tmp_path, monkeypa
     assert len(hashed) == n + 1  # only the changed file
 
 
+@pytest.mark.unit
 def test_mixed_precision_keeps_the_fewest_most_damaging_first():
     """The search (exporter/int8.mixed_precision): agreement that holds once the first k of the
     ranking are kept fp32 is found with k minimal, each count built at most once, the graph of

@@ -5,6 +5,8 @@ import pytest
 from bertfeat.aggregate import AGGREGATIONS
 from bertfeat.aggregate.kernels import message_vectors, sentence_vectors
 
+pytestmark = pytest.mark.unit
+
 NUMPY = {"mean": np.mean, "median": np.median, "max": np.max, "min": np.min, "sum": np.sum, "std": np.std}
 
 

@@ -1,7 +1,11 @@
 """Progress: count, rate and ETA on a terminal; silent when not a TTY."""
 import io
 
+import pytest
+
 from bertfeat.progress import Progress
+
+pytestmark = pytest.mark.unit
 
 
 class Terminal(io.StringIO):

@@ -13,6 +13,7 @@ def squash(text):
     return "".join(text.split())
 
 
+@pytest.mark.unit
 def test_known_abbreviations_do_not_end_sentences():
     assert split_sentences("Mr. Smith arrived at 5 p.m. on Jan. 3rd! Did he?") == [
         "Mr. Smith arrived at 5 p.m. on Jan. 3rd!", "Did he?"]
@@ -20,17 +21,20 @@ def test_known_abbreviations_do_not_end_sentences():
         "Dr. Who met Mrs. Jones in the U.S. yesterday.", "Then they left."]
 
 
+@pytest.mark.unit
 def test_line_break_always_ends_a_sentence():
     assert split_sentences("no period here\nand a second line\r\n\n third. fourth") == [
         "no period here", "and a second line", "third.", "fourth"]
 
 
+@pytest.mark.unit
 def test_punkt_parameters_are_nltks_english():
     params = punkt_tokenizer()._params
     assert {"mr", "mrs", "dr", "p.m", "jan", "u.s"} <= params.abbrev_types
     assert len(params.ortho_context) > 1000
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("message, expected", [
     ("", []), ("   \n\t  ", []), ("😀😀😀", ["😀😀😀"]),
     (b"caf\xe9 ok.\n\xff\xfe next", ["caf\ufffd ok.", "\ufffd\ufffd next"]),
@@ -39,6 +43,7 @@ def test_edge_messages(message, expected):
     assert split_sentences(message) == expected
 
 
+@pytest.mark.unit
 def test_huge_message_keeps_all_text():
     text = ("This is sentence number one of many. " * 5500)[:200_000]
     sents = split_sentences(text)
@@ -46,6 +51,7 @@ def test_huge_message_keeps_all_text():
     assert squash("".join(sents)) == squash(text)
 
 
+@pytest.mark.unit
 def test_no_text_lost_or_invented_on_real_messages(msgs_csv):
     with open(msgs_csv, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))

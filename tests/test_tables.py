@@ -7,12 +7,14 @@ from bertfeat.tables import check_name, connect
 HOSTILE = ["msgs'; DROP TABLE msgs; --", "a`b", 'a"b', "x;y", "name with space", "", "t\u00e9"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", HOSTILE)
 def test_hostile_names_are_refused(name):
     with pytest.raises(bertfeat.BertfeatError, match="invalid"):
         check_name(name)
 
 
+@pytest.mark.unit
 def test_dollar_names_are_fine():
     assert check_name("feat$bert_ba_un_meL10co$msgs$user_id$16to16")
 

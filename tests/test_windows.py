@@ -7,6 +7,8 @@ from bertfeat.text import windows
 
 from tiny_models import TEXT, _bpe_tokenizer, bert_tokenizer_dir
 
+pytestmark = pytest.mark.unit
+
 pytest.importorskip("transformers", reason="the reference tokenizer is Hugging Face's (pip install 'bertfeat[export]')")
 
 
