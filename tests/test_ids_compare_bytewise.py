@@ -89,3 +89,85 @@ def test_mysql_write_paths_give_the_same_table(tmp_path, mysql_db, monkeypatch):
             runs = engine.query("SELECT summary FROM bertfeat_runs WHERE feat_table = ?", [s["table"]])
         assert f'"write_path": "{path}"' in runs[-1][0]
     assert tables["load data"] == tables["executemany"] and {r[1] for r in tables["load data"][0]} == set(groups)
+
+
+class _Stage:
+    """A stage whose CSV writer writes `rows` lines into the path, then fails if `fail`."""
+
+    def __init__(self, rows, fail):
+        self.rows, self.fail = rows, fail
+
+    def to_csv(self, sql, params, path):
+        with open(path, "w") as f:
+            for k in range(self.rows):
+                f.write(f'"{k}","g","0me","0.5","0.5"\n')
+        if self.fail:
+            raise RuntimeError("the stage broke")
+
+
+@pytest.mark.unit
+def test_streamed_csv_never_hangs_and_never_hides_a_short_file(tmp_path):
+    """Issue 24.2: the MySQL write streams the stage's CSV through a named pipe (no temporary
+    file of the whole table). Whichever side fails, the other does not wait forever, and a
+    writer's failure is raised before the reader commits (it saw a short file)."""
+    import threading
+    from bertfeat.tables.mysql import _streamed_csv
+
+    def within(seconds, fn):
+        out = []
+        t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+        t.start()
+        t.join(seconds)
+        assert not t.is_alive(), "hung"
+        return out[0]
+
+    def read_all(rows, fail):
+        path = str(tmp_path / f"rows_{rows}_{fail}.csv")
+        try:
+            with _streamed_csv(_Stage(rows, fail), ("", []), path) as complete:
+                with open(path) as f:
+                    n = sum(1 for _ in f)
+                complete()
+            return n
+        except RuntimeError as e:
+            return str(e)
+
+    assert within(30, lambda: read_all(200_000, False)) == 200_000
+    assert within(30, lambda: read_all(1000, True)) == "the stage broke"  # after part of it
+    assert within(30, lambda: read_all(0, True)) == "the stage broke"  # before writing anything
+
+    def reader_fails():
+        path = str(tmp_path / "early.csv")
+        try:
+            with _streamed_csv(_Stage(2_000_000, False), ("", []), path):
+                with open(path) as f:
+                    f.readline()
+                raise ValueError("the server refused")
+        except ValueError as e:
+            return str(e)
+    assert within(30, reader_fails) == "the server refused"  # the writer, blocked on the pipe, ended
+
+
+def test_a_stage_failing_mid_load_leaves_no_table(tmp_path, mysql_db, monkeypatch):
+    """A failure while the stage's rows stream into LOAD DATA: the error is raised, nothing of the
+    half-loaded table is committed or left behind, and a run after it writes the whole table."""
+    from bertfeat.aggregate.groups import Stage
+    db, conn = mysql_db
+    rows = [{"message_id": k + 1, "user_id": k % 3, "message": f"Post {k}. Two sentences."} for k in range(9)]
+    bertfeat.import_csv(db, "msgs", str(write_rows_csv(tmp_path / "m.csv", rows)), progress=False, **conn)
+    model = make_model("bert", tmp_path / "tiny")
+    kw = dict(bert_model=str(model), bert_layers=[0], model_dir=str(tmp_path / "m"), stage_dir=str(tmp_path),
+              progress=False, **conn)
+    real = Stage.to_csv
+
+    def breaks(self, sql, params, path):
+        real(self, sql + " LIMIT 5", params, path)  # part of the rows, then an error
+        raise OSError("disk gone")
+    monkeypatch.setattr(Stage, "to_csv", breaks)
+    with pytest.raises(OSError, match="disk gone"):
+        bertfeat.add_bert(db, "msgs", "user_id", **kw)
+    with connect(db, **conn) as engine:
+        assert [t for t in engine.tables() if t.startswith("feat$")] == []
+    monkeypatch.setattr(Stage, "to_csv", real)
+    s = bertfeat.add_bert(db, "msgs", "user_id", **kw)
+    assert s["write_path"] == "load data" and s["rows"] == 3 * 32, s
