@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 
+import duckdb
 import pytest
 
 import bertfeat
@@ -92,7 +93,6 @@ def test_duckdb_readers_and_a_second_run_get_in_during_a_run(tiny_bert, tmp_path
 
 
 def test_duckdb_gives_up_on_a_held_file_with_one_line(tmp_path):
-    import duckdb
     conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
     bertfeat.import_csv("c", "msgs", str(big_csv(tmp_path / "m.csv", copies=1)), progress=False, **conn)
     holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]);"
@@ -108,7 +108,8 @@ def test_duckdb_gives_up_on_a_held_file_with_one_line(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    assert duckdb  # the file is free again
+    # the file is free again: it opens for writing at once, and bertfeat reads it
+    duckdb.connect(str(tmp_path / "c.duckdb")).close()
     assert bertfeat.show_feature_tables("c", **conn) == [("msgs", "table")]
 
 

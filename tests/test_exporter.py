@@ -458,3 +458,28 @@ def test_a_pre_exported_int8_model_serves_the_default_layer(tiny, tmp_path, corp
     s = bertfeat.add_bert("f", "msgs", "user_id", bert_model="tiny-org/tiny-bert", precision="int8",
                           model_dir=cache, stage_dir=str(tmp_path), progress=False, **conn)
     assert s["groups"] > 0 and sorted(p.name for p in full.parent.iterdir()) == before
+
+
+def test_a_layer_int8_does_not_hold_on_is_refused_in_one_line(tiny, corpus, tmp_path, monkeypatch):
+    """A layer whose agreement stays below the gate whatever is kept fp32 (here the measured
+    agreement of layer 2 is replaced by 0.97): the export records it, a run asking for it is one
+    line naming the layer, its cosine and the cure, before any inference, and the other layers
+    stay usable."""
+    from bertfeat import exporter
+    from bertfeat.models import usable_layers
+    conn, _ = corpus
+    cache = str(tmp_path / "m")
+    measured = exporter._agreement
+
+    def layer_2_fails(*args):
+        per_layer, provider = measured(*args)
+        return per_layer[:2] + [0.97] * len(per_layer[2:]), provider
+    monkeypatch.setattr(exporter, "_agreement", layer_2_fails)
+    entry = exporter.export(tiny["bert"], "int8", 3, cache)
+    assert usable_layers(read_manifest(entry)) == [0, 1]
+    with pytest.raises(bertfeat.BertfeatError, match=r"layer 2 0\.97.*precision='fp32'.*bert_layers.* among 0 1"):
+        bertfeat.add_bert("f", "msgs", "user_id", bert_model=tiny["bert"], precision="int8", bert_layers=[2],
+                          model_dir=cache, stage_dir=str(tmp_path), progress=False, **conn)
+    s = bertfeat.add_bert("f", "msgs", "user_id", bert_model=tiny["bert"], precision="int8", bert_layers=[1],
+                          model_dir=cache, stage_dir=str(tmp_path), progress=False, **conn)
+    assert s["groups"] > 0

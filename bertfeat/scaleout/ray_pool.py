@@ -155,11 +155,6 @@ class _Worker:
         vectors = self.embedder(messages)
         return vectors, enc.windows_run - windows, enc.tokens_run - tokens, os.getpid()
 
-    def where(self, export):
-        import socket
-        self._ready(export)
-        return socket.gethostname(), os.getpid(), self.entry
-
 
 class RayEmbedder:
     """The job's executor on Ray: `submit(tag, messages)` sends a chunk to an actor, `done(wait)`
@@ -277,19 +272,6 @@ class RayEmbedder:
             self.encoder.tokens_run += tokens
             out.append((tag, vectors))
         return out
-
-    def __call__(self, messages):
-        size = -(-len(messages) // len(self.actors))
-        for k in range(0, len(messages), size):
-            self.submit(k, messages[k:k + size])
-        got = {}
-        while self.calls:
-            got.update(self.done(wait=True))
-        return [v for k in sorted(got) for v in got[k]]
-
-    def where(self):
-        """(host, pid, entry folder) of each actor."""
-        return self.ray.get([a.where.remote(self.export) for a in self.actors])
 
     def close(self):
         for a in getattr(self, "actors", []):

@@ -205,9 +205,6 @@ class Engine:
     def drop_table(self, table):
         self.execute(f"DROP TABLE IF EXISTS {self.q(table)}")
 
-    def rename_table(self, old, new):
-        raise NotImplementedError
-
     def copy_schema(self, src, dst, text_column):
         """Create empty `dst` with `src`'s columns, `text_column` widened to hold long text."""
         raise NotImplementedError

@@ -140,9 +140,6 @@ class DuckEngine(Engine):
             "SELECT column_name, data_type FROM information_schema.columns"
             " WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position", [table])]
 
-    def rename_table(self, old, new):
-        self.execute(f"ALTER TABLE {self.q(old)} RENAME TO {self.q(new)}")
-
     def table_comment(self, table):
         rows = self.query("SELECT comment FROM duckdb_tables() WHERE schema_name = 'main'"
                           " AND table_name = ?", [table])
