@@ -311,3 +311,31 @@ def test_temporary_tables_of_killed_runs_are_dropped(engine_name, tmp_path, requ
         engine.commit()
     with connect(db, **conn) as engine:
         assert left not in engine.tables() and {other_host, mine} <= set(engine.tables())
+
+
+def test_duckdb_out_of_memory_writing_a_table_is_one_line_saying_what_to_do(tiny_bert, tmp_path, monkeypatch):
+    """Issue 24: at 10^6 posts the message-level table (3.8e8 rows) outgrew the 1 GB DuckDB is
+    given, whose primary key and indexes are held in memory (bench/README.md "Growth"). DuckDB's
+    own error (here raised where it was raised then) becomes one line naming the limit and the
+    cures, and no half-written table is left."""
+    import duckdb
+
+    from bertfeat.tables.duck import DuckEngine
+    conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
+    bertfeat.import_csv("c", "msgs", str(big_csv(tmp_path / "m.csv", copies=1)), progress=False, **conn)
+    real, writes = DuckEngine.insert_from_file, []
+
+    def message_table_outgrows_memory(self, table, *args):
+        writes.append(table)
+        if len(writes) == 2:  # the group table first, then the message-level one
+            raise duckdb.OutOfMemoryException("Out of Memory Error: could not allocate block of size 256.0 KiB")
+        return real(self, table, *args)
+    monkeypatch.setattr(DuckEngine, "insert_from_file", message_table_outgrows_memory)
+    with connect("c", **conn) as engine:
+        before = set(engine.tables())
+    with pytest.raises(bertfeat.BertfeatError, match="memory limit .*BERTFEAT_DUCKDB_MEMORY.*--db_engine mysql"):
+        bertfeat.add_bert("c", "msgs", "user_id", bert_model=tiny_bert, bert_keep_msg=True,
+                          model_dir=str(tmp_path / "models"), stage_dir=str(tmp_path / "s"), progress=False, **conn)
+    with connect("c", **conn) as engine:
+        made = set(engine.tables()) - before
+    assert writes[1] not in made and not [t for t in made if "message_id" in t], made  # nothing half-written

@@ -122,7 +122,8 @@ class DuckEngine(Engine):
 
     def insert_staged(self, table, stage, make_sql, extra):
         sql, params = make_sql(*extra, schema="bertfeat_stage")
-        self.insert_from_file(table, stage.path, "bertfeat_stage", sql, params)
+        with _memory_limit_says_what_to_do(table):
+            self.insert_from_file(table, stage.path, "bertfeat_stage", sql, params)
 
     def commit(self):
         pass  # autocommit: each statement is its own transaction
@@ -182,8 +183,24 @@ class DuckEngine(Engine):
     def index_feature_table(self, table):
         # DuckDB cannot rename a table that has indexes: they are added after the rename.
         digest = hashlib.sha1(table.encode()).hexdigest()[:12]
-        self.execute(f"CREATE INDEX IF NOT EXISTS {self.q('gi_' + digest)} ON {self.q(table)} (group_id)")
-        self.execute(f"CREATE INDEX IF NOT EXISTS {self.q('fi_' + digest)} ON {self.q(table)} (feat)")
+        with _memory_limit_says_what_to_do(table):
+            self.execute(f"CREATE INDEX IF NOT EXISTS {self.q('gi_' + digest)} ON {self.q(table)} (group_id)")
+            self.execute(f"CREATE INDEX IF NOT EXISTS {self.q('fi_' + digest)} ON {self.q(table)} (feat)")
+
+
+@contextlib.contextmanager
+def _memory_limit_says_what_to_do(table):
+    """DuckDB's out-of-memory error while writing a feature table, as one line that says what to
+    do. Its primary key and indexes (SPEC §1) are ART indexes held in memory: a table of ~10^8
+    rows (the message-level table of 10^6 posts x 384 dimensions is 3.8e8) needs more than the
+    1 GB bertfeat gives DuckDB by default (bench/README.md "Growth")."""
+    try:
+        yield
+    except duckdb.OutOfMemoryException as e:
+        raise BertfeatError(
+            f"DuckDB ran out of its memory limit ({DUCKDB_CONFIG['memory_limit']}, BERTFEAT_DUCKDB_MEMORY) writing"
+            f" {table}: its primary key and indexes are held in memory; raise BERTFEAT_DUCKDB_MEMORY (e.g. 8GB)"
+            " if the machine has it, or use --db_engine mysql for tables of ~10^8 rows") from e
 
 
 class HeldFile:
