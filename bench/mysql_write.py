@@ -17,7 +17,9 @@ Methods (`safe` = values never pass through a client-side SQL parser):
   pymysql load data         PyMySQL LOAD DATA LOCAL INFILE from a temporary TSV
 Prints one table: rows/s and the time a 10^7-row feature table would take at that rate; then
 bertfeat's own write (stage -> feature table, both paths it chooses between: LOAD DATA LOCAL
-INFILE from a CSV DuckDB writes, or PyMySQL's executemany), the table indexed as a run leaves it.
+INFILE from the CSV DuckDB streams through a named pipe, or PyMySQL's executemany), the table
+indexed as a run leaves it (`--stage_only --stage_groups 100000 --stage_paths "load data"`: the
+issue's 10^5-group x 768 table alone).
 """
 import argparse
 import csv
@@ -146,6 +148,9 @@ def main():
     ap.add_argument("--text_copies", type=int, default=20)
     ap.add_argument("--stage_groups", type=int, default=2000,
                     help="also time bertfeat's own feature-table write from a stage of this many groups (0: not)")
+    ap.add_argument("--stage_paths", nargs="+", default=["executemany", "load data"],
+                    help="which of bertfeat's write paths to time (e.g. 'load data' alone at 100000 groups)")
+    ap.add_argument("--stage_only", action="store_true", help="skip the driver comparison")
     args = ap.parse_args()
     import pymysql
     try:
@@ -162,10 +167,10 @@ def main():
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; server {server} on"
           f" {HOST}:{PORT}; mysql-connector-python {cv}, PyMySQL {pymysql.__version__};"
           f" Python {sys.version.split()[0]}")
-    loads = {"feature": feature_rows(args.feature_rows), "text": text_rows(args.text_copies)}
+    loads = {} if args.stage_only else {"feature": feature_rows(args.feature_rows), "text": text_rows(args.text_copies)}
     print("\n| load | method | safe | rows | seconds | rows/s | MB/s | 10^7 feature rows |")
     print("|---|---|---|---|---|---|---|---|")
-    for load, rows in loads.items():
+    for load, rows in ({} if args.stage_only else loads).items():
         mb = sum(len(str(v)) for r in rows for v in r) / 1e6
         schema, cols = SCHEMAS[load]
         for name, safe, fn in METHODS:
@@ -188,12 +193,12 @@ def main():
             print(f"| {load} | {name} | {safe} | {len(rows):,} | {s:.2f} | {len(rows) / s:,.0f} |"
                   f" {mb / s:.1f} | {ten7} |", flush=True)
     if args.stage_groups:
-        stage_writes(args.stage_groups)
+        stage_writes(args.stage_groups, paths=args.stage_paths)
     acur.execute(f"DROP DATABASE IF EXISTS {DB}")
     admin.close()
 
 
-def stage_writes(n_groups, dims=768):
+def stage_writes(n_groups, dims=768, paths=("executemany", "load data")):
     """bertfeat's own feature-table write (engine.insert_staged via bert._write_feature_table),
     stage -> MySQL, by both paths: `n_groups` groups of one message, `dims`-dim vectors."""
     import numpy as np
@@ -213,7 +218,7 @@ def stage_writes(n_groups, dims=768):
     print(f"\nbertfeat's write, stage -> feature table ({n_groups:,} groups x {dims} dims = {rows:,} rows,"
           " mean per group, table indexed after):\n")
     print("| path | seconds | rows/s | 10^5 groups x 768 |\n|---|---|---|---|")
-    for path in ("executemany", "load data"):
+    for path in paths:
         os.environ["BERTFEAT_MYSQL_LOAD_DATA"] = "1" if path == "load data" else "0"
         with connect(DB, **conn) as engine:
             t = time.perf_counter()
