@@ -9,6 +9,7 @@ mysql_config_file, mysql_host, mysql_port, mysql_user, lock_timeout (seconds to 
 file another process holds).
 """
 import json
+import os
 import time
 
 from .bert import add_bert, check_ray  # the job itself: its signature is the API's
@@ -153,7 +154,7 @@ def show_feature_tables(db, **conn):
 
 
 __all__ = ["BertfeatError", "import_csv", "add_sent_tokenized", "show_feature_tables", "add_bert",
-           "feature_matrix", "export_model", "list_models", "CONNECTION_KEYS"]
+           "feature_matrix", "write_parquet", "export_model", "list_models", "CONNECTION_KEYS"]
 
 
 def feature_table_runs(db, **conn):
@@ -178,6 +179,24 @@ def feature_matrix(db, feat_table, **conn):
     with connect(db, **conn) as engine:
         groups, x, names = load_features(engine, tables)
     return groups, names, x
+
+
+def write_parquet(db, feat_table, output_dir, layout="wide", **conn):
+    """Write feature table(s) (a name or a list) to `output_dir`/<table>.parquet; returns the
+    paths. `layout`: 'wide' (a row per group, a column per feature: pandas' groups x features
+    matrix), 'vector' (a row per group, the features as one list column, their names in the
+    file's metadata) or 'long' (the table's own rows). bertfeat/tables/parquet.py says more."""
+    from .tables import parquet
+    parquet.check_layout(layout)
+    tables = [feat_table] if isinstance(feat_table, str) else list(feat_table)
+    paths = []
+    with connect(db, **conn) as engine:
+        for t in tables:
+            check_name(t, "feature table name")
+            path = os.path.join(output_dir, f"{t}.parquet")
+            parquet.write(engine, t, path, layout)
+            paths.append(path)
+    return paths
 
 
 def export_model(bert_model, precision="fp32", model_dir=None, depth=None, bert_layers=None):

@@ -116,6 +116,13 @@ def build_parser():
     pred.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"fold shuffling seed (default {DEFAULT_SEED})")
     pred.add_argument("--alpha", type=float, default=1.0, help="alpha of --model ridge")
 
+    out = p.add_argument_group("Parquet", "feature tables as Parquet files (pandas, polars, R arrow)")
+    out.add_argument("--output_parquet", metavar="DIR", default=None,
+                     help="write the -f feature tables, and the tables --add_bert writes, to DIR/<table>.parquet")
+    out.add_argument("--parquet_layout", default="wide", choices=["wide", "vector", "long"],
+                     help="wide: a row per group, a column per feature (default); vector: a list column;"
+                          " long: the table's rows")
+
     misc = p.add_argument_group("Output")
     misc.add_argument("--no_progress", action="store_true", help="no progress bar even on a terminal")
     misc.add_argument("--debug", action="store_true", help="show a full traceback on errors")
@@ -163,7 +170,11 @@ def _run(args):
     actions = [(args.import_csv, _import_csv), (args.add_sent_tokenized, _add_sent_tokenized),
                (args.export_model, _export_model), (args.list_models or args.verify_models, _list_models),
                (args.add_bert, _add_bert), (args.nfold_test_regression or args.nfold_test_classifiers, _predict),
-               (args.show_feature_tables, _show_feature_tables)]
+               (args.show_feature_tables, _show_feature_tables),
+               (args.output_parquet and (args.feat_table or args.add_bert), _output_parquet)]
+    if args.output_parquet and not (args.feat_table or args.add_bert):
+        raise BertfeatError("--output_parquet DIR writes feature tables: name them with -f TABLE..., or give"
+                            " --add_bert to write the tables it makes")
     todo = [action for given, action in actions if given]
     if not todo:
         raise BertfeatError("nothing to do: give an action such as --import_csv, --add_sent_tokenized,"
@@ -239,6 +250,7 @@ def _add_bert(args, progress):
         notice(f"--batch_size {args.emb_batch_size} is accepted for DLATK and not used: bertfeat packs windows"
                " into batches of --batch_tokens padded tokens (default 2048), sorted by length")
     s = api.add_bert(args.corpdb, args.corptable, **_keywords(api.add_bert, args, progress=progress))
+    args.written_tables = [t for t in (s["table"], s["message_table"]) if t]
     print(f"add_bert: {s['groups']} groups from {s['messages']} messages ({s['embedded']} distinct texts embedded,"
           f" {s['already_staged']} already staged, {s['reused'] - s['already_staged']} reusing the vector of"
           " an identical text),"
@@ -247,6 +259,16 @@ def _add_bert(args, progress):
           + (f" and {s['message_table']}" if s["message_table"] else "")
           + (f" (written by MySQL's {s['write_path'].upper() if s['write_path'] == 'load data' else s['write_path']})"
              if s.get("write_path") else ""))
+
+
+def _output_parquet(args, progress):
+    from . import api
+    _need(args, "corpdb")
+    tables = list(args.feat_table or []) + [t for t in getattr(args, "written_tables", []) if t not in
+                                            (args.feat_table or [])]
+    for path in api.write_parquet(args.corpdb, tables, args.output_parquet, layout=args.parquet_layout,
+                                  **_conn(args)):
+        print(f"output_parquet: {path} ({args.parquet_layout})")
 
 
 def _predict(args, progress):
