@@ -17,6 +17,7 @@ from ..errors import BertfeatError
 from . import DEFAULT_MYSQL_CONFIG, Engine
 
 CONNECT_TIMEOUT = 10
+LOAD_WAIT_S = 86400  # how long the server waits for LOAD DATA's streamed rows (net_read_timeout)
 # DuckDB type of a CSV column -> MySQL type (text: decided by the longest value).
 MYSQL_TYPES = {"BIGINT": "BIGINT", "INTEGER": "INT", "SMALLINT": "SMALLINT", "TINYINT": "TINYINT",
                "HUGEINT": "DECIMAL(38,0)", "UBIGINT": "BIGINT UNSIGNED", "DOUBLE": "DOUBLE",
@@ -275,6 +276,9 @@ class MySQLEngine(Engine):
                     con = self._connect(self.db, local_infile=True)
                     try:
                         with con.cursor() as cur:
+                            # the rows come only once DuckDB has reduced and sorted them (minutes for
+                            # 10^7+ rows): the server must wait longer than its 30 s default for them
+                            cur.execute(f"SET SESSION net_read_timeout = {LOAD_WAIT_S}")
                             cur.execute(f"LOAD DATA LOCAL INFILE %s INTO TABLE {self.q(table)} CHARACTER SET utf8mb4"
                                         " FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' ESCAPED BY ''"
                                         " LINES TERMINATED BY '\n' (id, group_id, feat, value, group_norm)", [path])
