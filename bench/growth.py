@@ -83,10 +83,20 @@ def phase(args):
     return {"seconds": time.perf_counter() - t, "rows": rows}
 
 
-def disk(work):
+def disk(work, engine="duckdb"):
     def size(p):
         return os.path.getsize(p) if os.path.exists(p) else 0
-    return {"db_mb": size(os.path.join(work, "g.duckdb")) / 1e6,
+    if engine == "mysql":  # the server's data and index size of database g (InnoDB's estimate)
+        import pymysql
+        con = pymysql.connect(host="127.0.0.1", user="root")
+        with con.cursor() as cur:
+            cur.execute("SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables"
+                        " WHERE table_schema = 'g'")
+            db = float(cur.fetchone()[0])
+        con.close()
+    else:
+        db = size(os.path.join(work, "g.duckdb"))
+    return {"db_mb": db / 1e6,
             "stage_mb": sum(size(os.path.join(work, f)) for f in os.listdir(work) if "stage" in f) / 1e6}
 
 
@@ -119,6 +129,10 @@ def main():
         if args.engine == "duckdb":
             conn = {"db_engine": "duckdb", "db_dir": work}
         else:
+            import pymysql
+            con = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+            con.cursor().execute("DROP DATABASE IF EXISTS g")  # each size from an empty database
+            con.close()
             conn = {"db_engine": "mysql", "mysql_host": "127.0.0.1", "mysql_user": "root",
                     "mysql_config_file": str(ROOT / "tests" / "data" / "client_only.my.cnf")}
         for part in PHASES:
@@ -128,7 +142,7 @@ def main():
             line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
             if not line:
                 sys.exit(f"{part} at {n} posts failed:\n{out.stderr[-3000:]}")
-            r = {**json.loads(line[0][7:]), **disk(work)}
+            r = {**json.loads(line[0][7:]), **disk(work, args.engine)}
             results[n, part] = r
             print(f"| {n:,} | {n // 10:,} | {part} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['db_mb']:.0f} |"
                   f" {r['stage_mb']:.0f} | {r['rows']:,} |", flush=True)
