@@ -105,6 +105,7 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     ap.add_argument("--engine", default="duckdb", choices=["duckdb", "mysql"])
     ap.add_argument("--model_dir", default=str(ROOT / "models"))
+    ap.add_argument("--phases", nargs="+", default=PHASES, choices=PHASES, help="which phases, in their order")
     ap.add_argument("--part")
     ap.add_argument("--work")
     ap.add_argument("--conn")
@@ -135,7 +136,7 @@ def main():
             con.close()
             conn = {"db_engine": "mysql", "mysql_host": "127.0.0.1", "mysql_user": "root",
                     "mysql_config_file": str(ROOT / "tests" / "data" / "client_only.my.cnf")}
-        for part in PHASES:
+        for part in [p for p in PHASES if p in args.phases]:
             cmd = [sys.executable, __file__, "--part", part, "--work", work, "--conn", json.dumps(conn),
                    "--model_dir", args.model_dir]
             out = subprocess.run(cmd, capture_output=True, text=True)
@@ -151,7 +152,7 @@ def main():
         pairs = list(zip(args.sizes, args.sizes[1:]))
         print("| phase | " + " | ".join(f"{a:,} -> {b:,}" for a, b in pairs) + " |")
         print("|---|" + "---|" * len(pairs))
-        for part in PHASES:
+        for part in [p for p in PHASES if p in args.phases]:
             cells = []
             for a, b in pairs:
                 x = math.log(b / a)
