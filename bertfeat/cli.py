@@ -171,7 +171,7 @@ def _run(args):
                (args.export_model, _export_model), (args.list_models or args.verify_models, _list_models),
                (args.add_bert, _add_bert), (args.nfold_test_regression or args.nfold_test_classifiers, _predict),
                (args.show_feature_tables, _show_feature_tables),
-               (args.output_parquet and (args.feat_table or args.add_bert), _output_parquet)]
+               (args.output_parquet, _output_parquet)]
     if args.output_parquet and not (args.feat_table or args.add_bert):
         raise BertfeatError("--output_parquet DIR writes feature tables: name them with -f TABLE..., or give"
                             " --add_bert to write the tables it makes")

@@ -54,6 +54,7 @@ def _streamed_csv(stage, sql_params, path):
                     break
                 except OSError:  # no reader yet (ENXIO) or any more
                     finished.wait(0.05)
+
     def complete():
         finished.set()  # the reader has read to the end
         writer.join()
