@@ -483,3 +483,23 @@ def test_a_layer_int8_does_not_hold_on_is_refused_in_one_line(tiny, corpus, tmp_
     s = bertfeat.add_bert("f", "msgs", "user_id", bert_model=tiny["bert"], precision="int8", bert_layers=[1],
                           model_dir=cache, stage_dir=str(tmp_path), progress=False, **conn)
     assert s["groups"] > 0
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
+def test_fusion_with_weights_left_on_disk_is_bitwise_the_in_memory_fusion(family, tiny, tmp_path):
+    """The fusion child (`_fuse_main`) keeps the weights in an external-data file while the
+    fusions run; its graph must be byte for byte what the fusions make from the loaded model."""
+    from types import SimpleNamespace
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from bertfeat.exporter import _fuse, _traced_main
+    assert _traced_main(tiny[family], "3", str(tmp_path)) == 0
+    config = SimpleNamespace(**json.loads((tmp_path / "traced.json").read_text())["config"])
+    fused = _fuse(tmp_path / "raw.onnx", tmp_path / "fused.onnx", config)
+    assert fused is not None and sorted(p.name for p in tmp_path.iterdir()) == [
+        "fused.onnx", "raw.onnx", "tokenizer.json", "traced.json", "traced.npz"]  # no weights left behind
+    in_memory = optimize_model(str(tmp_path / "raw.onnx"), model_type="bert", num_heads=config.num_attention_heads,
+                               hidden_size=config.hidden_size, opt_level=0)
+    in_memory.save_model_to_file(str(tmp_path / "in_memory.onnx"))
+    assert (tmp_path / "fused.onnx").read_bytes() == (tmp_path / "in_memory.onnx").read_bytes()

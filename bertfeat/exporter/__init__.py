@@ -695,25 +695,61 @@ def _validate(path, batch, reference):
 
 
 def _fuse(raw, target, config):
-    """ONNX Runtime's transformer fusions (attention, LayerNorm, GELU); None when they do not apply.
+    """ONNX Runtime's transformer fusions (attention, LayerNorm, GELU) of `raw` into `target`;
+    None when they do not apply. They run in a child process (`_fuse_main`), so what the fusion
+    leaves behind in the heap is never held beside the sessions that time and validate the graph.
 
     opt_level=0: the Python fusions alone, without ONNX Runtime's basic graph pass first (a
     session that holds the weights while it writes a second copy). The same fused ops on BERT
     and MPNet, only a few Constant nodes more, which a session folds when it loads: the outputs
-    are bitwise those of opt_level=1, and on a base-size model the fusion takes 5 s instead of
-    13 s and peaks at 2.3 GB instead of 3.2 GB (bench/README.md "Base-size models")."""
-    try:
-        from onnxruntime.transformers.optimizer import optimize_model
-        heads = getattr(config, "num_attention_heads", 0)
-        fused = optimize_model(str(raw), model_type="bert", num_heads=heads,
-                               hidden_size=config.hidden_size, opt_level=0)
-        fused.save_model_to_file(str(target))
-        del fused
-        _release_memory()
-        return target
-    except Exception as e:  # fusion is an optimization: fall back to the plain graph
-        notice(f"transformer fusions not applied ({type(e).__name__}: {e})")
+    are bitwise those of opt_level=1 (bench/README.md "Base-size models")."""
+    import subprocess
+    import sys
+    target = Path(target)
+    heads = getattr(config, "num_attention_heads", 0)
+    code = "import sys; from bertfeat.exporter import _fuse_main; sys.exit(_fuse_main(*sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, str(Path(raw).resolve()), target.name, str(heads),
+                           str(config.hidden_size)], cwd=target.parent, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True)
+    if done.returncode != 0 or not target.exists():
+        why = (done.stdout.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        notice(f"transformer fusions not applied ({why})")
         return None
+    return target
+
+
+FUSION_WEIGHTS = "fusion.weights"  # the fusion child's copy of the weights, beside its target
+
+
+def _fuse_main(raw, target, heads, hidden_size):
+    """The fusion's process, run in the target's folder: the graph goes through the fusions with
+    its weights left on disk (an external-data copy in FUSION_WEIGHTS, read back only where a
+    fusion needs the values: the attention's Q, K and V), so symbolic shape inference's copies of
+    the model hold no weights. The weights are read back for the one-file `target`, bitwise the
+    graph the fusions make from the loaded model (all-mpnet-base-v2: peak 2.8 -> 1.0 GB, 10 -> 6 s).
+    A failure's one line goes to stdout; returns the exit status."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+    weightless = target + ".weightless"
+    try:
+        onnx.save(onnx.load(raw), weightless, save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=FUSION_WEIGHTS, size_threshold=1024)
+        _release_memory()
+        from onnxruntime.transformers.optimizer import optimize_model
+        fused = optimize_model(onnx.load(weightless, load_external_data=False), model_type="bert",
+                               num_heads=int(heads), hidden_size=int(hidden_size), opt_level=0)
+        load_external_data_for_model(fused.model, ".")
+        for tensor in fused.model.graph.initializer:  # as if never external: the same bytes
+            tensor.ClearField("data_location")
+        fused.save_model_to_file(target)
+    except Exception as e:  # fusion is an optimization: the caller falls back to the plain graph
+        print(f"{type(e).__name__}: {e}".splitlines()[0])
+        return 1
+    finally:
+        for leftover in (weightless, FUSION_WEIGHTS):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+    return 0
 
 
 def list_models(root=None, verify=False):
