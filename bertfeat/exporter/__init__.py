@@ -415,10 +415,11 @@ def _best_graph(tmp, batch, reference, config, name, previous=None):
 
 def _seconds(paths, batch, rounds=7, budget_s=6.0, per_window=None):
     """Best-of-`rounds` seconds of each graph (rounds alternate between them, so a slow spell of
-    the machine hits all; past `budget_s` seconds, 3 rounds are enough: a base-size model's
-    round takes ~1 s on 2 cores, so 7 cost 16 s of its export) on batches shaped like
-    bertfeat's: 1024 tokens of windows of 16 and of 64 pieces (msgs100u's windows average 43),
-    ids from `batch`, the deepest layer. A graph marked in `per_window` runs a window per call."""
+    the machine hits all; past `budget_s` seconds, 2 timed rounds are enough: a round of two
+    base-size graphs takes ~4 s on 2 cores and of two bert-large ones ~15 s, where 4 rounds took
+    74 of a 142 s export) on batches shaped like bertfeat's: 1024 tokens of windows of 16 and of
+    64 pieces (msgs100u's windows average 43), ids from `batch`, the deepest layer. A graph
+    marked in `per_window` runs a window per call."""
     import onnxruntime as ort
 
     from ..runtime import physical_cores
@@ -436,7 +437,7 @@ def _seconds(paths, batch, rounds=7, budget_s=6.0, per_window=None):
     best = [float("inf")] * len(sessions)
     started_all = time.perf_counter()
     for r in range(rounds + 1):  # round 0 warms up
-        if r > 3 and time.perf_counter() - started_all > budget_s:
+        if r > 2 and time.perf_counter() - started_all > budget_s:
             break
         for k, s in enumerate(sessions):
             started = time.perf_counter()
