@@ -265,8 +265,8 @@ def _build_fp32(name, src, depth, tmp, key, previous=None):
 
     PyTorch runs in a child process of its own (`_traced`), which exits before ONNX Runtime
     loads the graph: its ~1 GB (libraries, the model's weights, the tracer's copies) is never
-    held beside the fusion's and the sessions' (all-mpnet-base-v2: 4.75 -> 4.0 GB with the
-    fusion's own change, bench/README.md "Base-size models")."""
+    held beside the sessions'; the fusion has a child process of its own (`_fuse`). The export's
+    peak is the PyTorch child's (all-mpnet-base-v2: 4.75 -> 2.2 GB, bench/README.md "Base-size models")."""
     import subprocess
     import sys
     code = "import sys; from bertfeat.exporter import _traced_main; sys.exit(_traced_main(*sys.argv[1:]))"
