@@ -26,7 +26,7 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
              messageid_field="message_id", device="cpu", precision="fp32", batch_tokens=None,
              threads=None, model_dir=None, stage_dir=None, progress=None, chunk_messages=256,
              bert_table_name=None, bert_class=None, dlatk_compat=False, bert_tokenizer_model=None, ray=None,
-             workers=None, **conn):
+             workers=None, bert_keep_tokens=False, bert_word_types=False, **conn):
     """Write the SPEC §3 feature table for `table` grouped by `correl_field`; returns a summary.
 
     Keywords are the flags' names (`bert_layers` is --bert_layers); `conn` takes the connection
@@ -36,7 +36,8 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
     (its token positions; a table name ending `_dlatk`) instead of SPEC §3's. `bert_tokenizer_model`
     (DLATK's --tokenizer_model) splits words with another model's tokenizer (a name ending `_tok_...`).
     `ray` runs inference on Ray actors ('local', 'auto' or host:port; `workers` of them): the same
-    table, stage and resume as a local run (bertfeat/scaleout)."""
+    table, stage and resume as a local run (bertfeat/scaleout). `bert_keep_tokens` also writes
+    every token's vector, `bert_word_types` one vector per group and distinct word (tokens.py)."""
     started = time.perf_counter()
     settings = BertSettings.from_flags(bert_model, bert_layers, bert_layer_aggregation, bert_word_aggregation,
                                        bert_msg_aggregation, bert_no_context, precision, dlatk_compat,
@@ -82,12 +83,18 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
                                        (list(settings.msg_aggregation),), types[correl_field])
         if bert_keep_msg:
             _write_feature_table(engine, stage, msg_table, stage.message_features_sql, (), types[messageid_field])
+        kept = {}
+        if bert_keep_tokens or bert_word_types:
+            kept = _keep_tokens(engine, stage, settings, table, source, fields, types, bert_keep_tokens,
+                                bert_word_types, _local_embedder(entry, settings, tokenizer, device if ray is None else
+                                                _device(device, settings.precision), threads, batch_tokens),
+                                chunk_messages, progress)
         stage.drop_groups()
         summary = {"table": feat_table, "message_table": msg_table if bert_keep_msg else None,
                    "groups": engine.query(f"SELECT count(DISTINCT group_id) FROM {engine.q(feat_table)}")[0][0],
                    "rows": written, "seconds": round(time.perf_counter() - started, 2),
                    "windows": executor.encoder.windows_run if executor else 0,
-                   "tokens": executor.encoder.tokens_run if executor else 0, **counts,
+                   "tokens": executor.encoder.tokens_run if executor else 0, **counts, **kept,
                    # MySQL: "load data" (LOAD DATA LOCAL INFILE) or "executemany" (multi-row INSERTs)
                    **({"write_path": engine.write_path} if getattr(engine, "write_path", None) else {})}
         engine.record_run(feat_table, settings.feature_name(),
@@ -99,18 +106,42 @@ def _executor_factory(entry, settings, tokenizer, device, threads, batch_tokens,
     """A function making the executor when the first chunk needs inference: the MessageEmbedder
     run in this process, or with `ray` the same object inside Ray actors (scaleout/ray_pool.py)."""
     def make():
-        kwargs = dict(layers=settings.layers, layer_aggregation=settings.layer_aggregation,
-                      word_aggregation=settings.word_aggregation, no_context=settings.no_context,
-                      device=device, batch_tokens=batch_tokens, dlatk_compat=settings.dlatk_compat,
-                      tokenizer=tokenizer if settings.tokenizer else None)
         if ray is not None:
             from .scaleout.ray_pool import RayEmbedder
-            made.append(RayEmbedder(entry, address=ray, workers=workers, threads=threads, **kwargs))
+            made.append(RayEmbedder(entry, address=ray, workers=workers, threads=threads, layers=settings.layers,
+                                    layer_aggregation=settings.layer_aggregation,
+                                    word_aggregation=settings.word_aggregation, no_context=settings.no_context,
+                                    device=device, batch_tokens=batch_tokens, dlatk_compat=settings.dlatk_compat,
+                                    tokenizer=tokenizer if settings.tokenizer else None))
         else:
-            from .embedder import InlineExecutor, MessageEmbedder
-            made.append(InlineExecutor(MessageEmbedder(entry, threads=threads, **kwargs)))
+            from .embedder import InlineExecutor
+            made.append(InlineExecutor(_local_embedder(entry, settings, tokenizer, device, threads, batch_tokens)))
         return made[-1]
     return make
+
+
+def _local_embedder(entry, settings, tokenizer, device, threads, batch_tokens):
+    """The MessageEmbedder of `settings`, in this process."""
+    from .embedder import MessageEmbedder
+    return MessageEmbedder(entry, layers=settings.layers, layer_aggregation=settings.layer_aggregation,
+                           word_aggregation=settings.word_aggregation, no_context=settings.no_context, device=device,
+                           threads=threads, batch_tokens=batch_tokens, dlatk_compat=settings.dlatk_compat,
+                           tokenizer=tokenizer if settings.tokenizer else None)
+
+
+def _keep_tokens(engine, stage, settings, table, source, fields, types, keep_tokens, word_types, embedder,
+                 chunk_messages, progress):
+    """--bert_keep_tokens / --bert_word_types: another pass over the messages (tokens.py)."""
+    from . import tokens
+    from .settings import run_table_name
+    featname = settings.feature_name(per_message=True)
+    token_table = check_name(run_table_name("tok", featname, table), "token table name") if keep_tokens else None
+    word_table = (check_name(run_table_name("wt", featname, table, fields[1]), "word-type table name")
+                  if word_types else None)
+    total, _, batches = engine.by_id(source, fields[0], list(fields), chunk_messages)
+    return tokens.keep(engine, stage, _parsed(batches, source != table), embedder, token_table, word_table,
+                       list(settings.word_aggregation), engine.feature_group_type(types[fields[0]]),
+                       engine.feature_group_type(types[fields[1]]), total, progress)
 
 
 def _stage_path(db, stage_dir, conn):

@@ -35,8 +35,8 @@ class MessageEmbedder:
 
     def __call__(self, messages):
         """One vector per message (a list of sentences); None for a message with no word pieces."""
-        per_message = self._pieces(messages)
-        tokens = self._context_free(per_message) if self.no_context else self._in_context(per_message)
+        per_message = self.pieces(messages)
+        tokens = self.token_states(per_message)
         kept = [m for m, sents in enumerate(per_message) if sents]
         out = [None] * len(messages)
         if not kept:
@@ -49,7 +49,11 @@ class MessageEmbedder:
             out[m] = vec
         return out
 
-    def _pieces(self, messages):
+    def token_states(self, per_message):
+        """Token vectors [n, layers, H] of each sentence (as word pieces) of each message, in order."""
+        return self._context_free(per_message) if self.no_context else self._in_context(per_message)
+
+    def pieces(self, messages):
         """Per message, its sentences as word pieces, long ones cut (windows.split_long)."""
         flat = [s for sents in messages for s in sents]
         pieces = windows.word_pieces(self.tokenizer, flat) if flat else []

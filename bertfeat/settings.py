@@ -114,6 +114,20 @@ class BertSettings:
                 **({"tokenizer": self.tokenizer, "tokenizer_sha256": tokenizer_sha256} if self.tokenizer else {})}
 
 
+def run_table_name(kind, featname, table, correl=None, max_len=MAX_NAME):
+    """`<kind>$<featname>$<table>[$<correl>]` (the token and word-type tables), shortened
+    deterministically past `max_len` as feature table names are."""
+    tail = f"${table}" + (f"${correl}" if correl else "")
+    full = f"{kind}${featname}{tail}"
+    if len(full) <= max_len:
+        return full
+    digest = hashlib.sha1(full.encode()).hexdigest()[:8]
+    keep = max_len - len(tail) - len(kind) - 1 - 9
+    if keep < 4:
+        return f"{kind}${featname[:max(4, max_len - len(kind) - 10)]}_{digest}"[:max_len]
+    return f"{kind}${featname[:keep]}_{digest}{tail}"
+
+
 def table_name(featname, table, correl, max_len=MAX_NAME):
     """`feat$<featname>$<table>$<correl>$16to16`, shortened deterministically past `max_len`."""
     full = f"feat${featname}${table}${correl}$16to16"

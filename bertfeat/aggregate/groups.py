@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import BertfeatError
 from ..tables import HOST_TAG, _alive
-from ..tables.duck import DUCKDB_CONFIG, HeldFile, insert_columns, insert_vectors, waiting_for_lock
+from ..tables.duck import (DUCKDB_CONFIG, HeldFile, insert_columns, insert_vectors, insert_with_vectors,
+                           waiting_for_lock)
 from . import ABBR
 
 DUCK_AGG = {"mean": "avg", "median": "median", "max": "max", "min": "min", "sum": "sum",
@@ -63,6 +64,8 @@ class Stage:
         self.lock_timeout = lock_timeout
         self.key = stage_key(settings)
         self.table = f"vec_{self.key}"
+        self.group_type = group_type
+        self.run_tables = []  # this run's own tables besides `groups` (run_table)
         # this run's (message, group) rows; named by host and process, so that the table a killed
         # run leaves behind is recognized and dropped by the next run that opens the stage
         self.groups = f"groups_{self.key}_{HOST_TAG}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
@@ -136,10 +139,26 @@ class Stage:
             if groups:
                 insert_columns(con, self.groups, ["message_id", "group_id"], groups)
 
-    def drop_groups(self):
-        """Forget this run's (message, group) rows once its tables are written."""
+    def run_table(self, columns_sql):
+        """A table of this run's own in the stage, named like `groups` (so a killed run's is
+        dropped by the next run that opens the stage) and dropped with it."""
+        name = f"groups_{self.key}_{HOST_TAG}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         with self._connection() as con:
-            con.execute(f"DROP TABLE IF EXISTS {self.groups}")
+            con.execute(f"CREATE TABLE {name} ({columns_sql})")
+        self.run_tables.append(name)
+        return name
+
+    def put_rows(self, table, columns, values, vectors):
+        """INSERT rows into one of this run's tables: scalar `columns` (`values`, a list per
+        column) and `vec` from `vectors` [n, d]."""
+        with self._connection() as con:
+            insert_with_vectors(con, table, columns, values, [("vec", vectors)])
+
+    def drop_groups(self):
+        """Forget this run's (message, group) rows, and its other tables, once its tables are written."""
+        with self._connection() as con:
+            for name in [self.groups] + self.run_tables:
+                con.execute(f"DROP TABLE IF EXISTS {name}")
 
     def group_features_sql(self, aggregations, schema=None):
         """(SQL, params) giving the feature table's rows (id, group_id, feat, value, group_norm).

@@ -37,32 +37,59 @@ def _reduce(x, code, out):
 
 
 @njit(cache=True)
-def _sentence_vectors(tokens, offsets, layer_codes, word_codes, n_layers, hidden):
-    n_sent = len(offsets) - 1
+def _token_width(layer_codes, n_layers, hidden):
     d_tok = 0
     for c in layer_codes:
         d_tok += n_layers * hidden if c == 6 else hidden
+    return d_tok
+
+
+@njit(cache=True)
+def _layer_reduce(layers, layer_codes, n_layers, hidden, out):
+    """One token's layers [L, H] (float64) -> out [D_tok], the layer aggregations side by side."""
+    col = 0
+    for c in layer_codes:
+        if c == 6:  # concatenate: dimension j of layer k -> k*H + j
+            for k in range(n_layers):
+                out[col:col + hidden] = layers[k]
+                col += hidden
+        else:
+            _reduce(layers, c, out[col:col + hidden])
+            col += hidden
+
+
+@njit(cache=True)
+def _sentence_vectors(tokens, offsets, layer_codes, word_codes, n_layers, hidden):
+    n_sent = len(offsets) - 1
+    d_tok = _token_width(layer_codes, n_layers, hidden)
     d_sent = d_tok * len(word_codes)
     out = np.empty((n_sent, d_sent))
     for s in range(n_sent):
         a, b = offsets[s], offsets[s + 1]
         tok = np.empty((b - a, d_tok))
         for t in range(a, b):
-            col = 0
-            layers = tokens[t].astype(np.float64)  # [L, H]
-            for c in layer_codes:
-                if c == 6:  # concatenate: dimension j of layer k -> k*H + j
-                    for k in range(n_layers):
-                        tok[t - a, col:col + hidden] = layers[k]
-                        col += hidden
-                else:
-                    _reduce(layers, c, tok[t - a, col:col + hidden])
-                    col += hidden
+            _layer_reduce(tokens[t].astype(np.float64), layer_codes, n_layers, hidden, tok[t - a])
         col = 0
         for c in word_codes:
             _reduce(tok, c, out[s, col:col + d_tok])
             col += d_tok
     return out
+
+
+@njit(cache=True)
+def _token_vectors(tokens, layer_codes, n_layers, hidden):
+    out = np.empty((tokens.shape[0], _token_width(layer_codes, n_layers, hidden)))
+    for t in range(tokens.shape[0]):
+        _layer_reduce(tokens[t].astype(np.float64), layer_codes, n_layers, hidden, out[t])
+    return out
+
+
+def token_vectors(tokens, layer_aggregation):
+    """tokens [N, L, H] -> each token's vector after layer aggregation [N, D_tok] (float64): the
+    rows a sentence's word aggregation reduces (`sentence_vectors`), kept (--bert_keep_tokens)."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.float32)
+    layer_codes = np.array([CODES[a] for a in layer_aggregation], np.int64)
+    return _token_vectors(tokens, layer_codes, tokens.shape[1], tokens.shape[2])
 
 
 def sentence_vectors(tokens, offsets, layer_aggregation, word_aggregation):

@@ -72,6 +72,16 @@ class DuckEngine(Engine):
         with self.hold() as con:
             con.executemany(sql, [list(r) for r in rows])
 
+    def vector_type(self, dims):
+        return f"FLOAT[{dims}]"
+
+    def insert_vector_rows(self, table, columns, values, vectors):
+        """INSERT rows of scalar `columns` (`values`: a list per column) and vector columns
+        [(name, [n, d] array)], stored as FLOAT[d]."""
+        with self.hold() as con:
+            insert_with_vectors(con, self.q(table), [self.q(c, "column name") for c in columns], values,
+                                [(self.q(c, "column name"), a.astype(np.float32)) for c, a in vectors])
+
     def insert_rows(self, table, columns, rows):
         # One statement with a list per column: DuckDB's executemany is row-at-a-time and slow.
         if rows:
@@ -275,13 +285,31 @@ def insert_vectors(con, quoted_table, message_ids, text_hashes, vectors):
     """INSERT (message_id, text_hash, vec) rows, `vectors` [n, d]: the vectors go in as one scan
     of a numpy array DuckDB reads in place (binding 384 floats a row as Python values took ~9x
     as long: bench/README.md "Scale-out"), the ids and hashes as bound lists."""
-    n, d = vectors.shape
-    name = f"vectors_{uuid.uuid4().hex[:8]}"
-    con.register(name, {"row": np.repeat(np.arange(n), d), "pos": np.tile(np.arange(d), n), "x": vectors.ravel()})
+    insert_with_vectors(con, quoted_table, ["message_id", "text_hash"], [message_ids, text_hashes],
+                        [("vec", vectors)])
+
+
+def insert_with_vectors(con, quoted_table, quoted_columns, values, vectors):
+    """INSERT rows of scalar columns (`values`: one list per column) and vector columns
+    (`vectors`: [(quoted column, [n, d] array)]); each vector column is read in place from its
+    numpy array (insert_vectors)."""
+    n = len(vectors[0][1])
+    names, joins, picks = [], [], []
     try:
-        con.execute(f"INSERT INTO {quoted_table} (message_id, text_hash, vec) SELECT k.m, k.h, v.vec FROM"
-                    " (SELECT unnest(?) AS m, unnest(?) AS h, unnest(range(?)) AS row) k JOIN"
-                    f" (SELECT row, list(x ORDER BY pos) AS vec FROM {name} GROUP BY row) v USING (row)",
-                    [list(message_ids), list(text_hashes), n])
+        for k, (_, array) in enumerate(vectors):
+            d = array.shape[1]
+            names.append(f"vectors_{uuid.uuid4().hex[:8]}")
+            con.register(names[-1], {"row": np.repeat(np.arange(n), d), "pos": np.tile(np.arange(d), n),
+                                     "x": np.ascontiguousarray(array).ravel()})
+            joins.append(f" JOIN (SELECT row, list(x ORDER BY pos) AS vec FROM {names[-1]} GROUP BY row) v{k}"
+                         " USING (row)")
+            picks.append(f"v{k}.vec")
+        scalars = "".join(f"unnest(?) AS c{k}, " for k in range(len(values)))
+        columns = ", ".join(list(quoted_columns) + [c for c, _ in vectors])
+        select = ", ".join([f"k.c{k}" for k in range(len(values))] + picks)
+        con.execute(f"INSERT INTO {quoted_table} ({columns}) SELECT {select} FROM"
+                    f" (SELECT {scalars}unnest(range(?)) AS row) k{''.join(joins)}",
+                    [list(v) for v in values] + [n])
     finally:
-        con.unregister(name)
+        for name in names:
+            con.unregister(name)

@@ -216,6 +216,15 @@ class MySQLEngine(Engine):
                                    "utf8mb4_bin")
         return f" CHARACTER SET utf8mb4 COLLATE {self._collation}"
 
+    def vector_type(self, dims):
+        return "LONGBLOB"  # MySQL has no array type: float32 little-endian, np.frombuffer(v, "<f4")
+
+    def insert_vector_rows(self, table, columns, values, vectors):
+        """INSERT rows of scalar `columns` (`values`: a list per column) and vector columns
+        [(name, [n, d] array)], each vector as its float32 little-endian bytes."""
+        blobs = [[row.astype("<f4").tobytes() for row in a] for _, a in vectors]
+        self.insert_rows(table, list(columns) + [c for c, _ in vectors], list(zip(*values, *blobs)))
+
     def feature_group_type(self, source_type):
         t = source_type.lower()
         if "int" in t:
