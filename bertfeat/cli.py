@@ -71,6 +71,10 @@ def build_parser():
                       help="embed every word piece on its own")
     bert.add_argument(*_aliases("keep_msg"), dest="bert_keep_msg", action="store_true",
                       help="also write the message-level table (grouped by message_id)")
+    bert.add_argument(*_aliases("keep_tokens"), dest="bert_keep_tokens", action="store_true",
+                      help="also write every token's vector: table tok$<featname>$<table> (docs/features.md)")
+    bert.add_argument(*_aliases("word_types"), dest="bert_word_types", action="store_true",
+                      help="also write one vector per group and distinct word: table wt$<featname>$<table>$<correl>")
     bert.add_argument(*_aliases("table_name"), dest="bert_table_name", default=None,
                       help="name the feature table (default: DLATK's feat$<featname>$<table>$<correl>$16to16)")
     bert.add_argument(*_aliases("tokenizer_model"), "--tokenizer_model", dest="bert_tokenizer_model", default=None,
@@ -250,7 +254,7 @@ def _add_bert(args, progress):
         notice(f"--batch_size {args.emb_batch_size} is accepted for DLATK and not used: bertfeat packs windows"
                " into batches of --batch_tokens padded tokens (default 2048), sorted by length")
     s = api.add_bert(args.corpdb, args.corptable, **_keywords(api.add_bert, args, progress=progress))
-    args.written_tables = [t for t in (s["table"], s["message_table"]) if t]
+    args.written_tables = [t for t in (s["table"], s["message_table"], s.get("token_table"), s.get("word_table")) if t]
     print(f"add_bert: {s['groups']} groups from {s['messages']} messages ({s['embedded']} distinct texts embedded,"
           f" {s['already_staged']} already staged, {s['reused'] - s['already_staged']} reusing the vector of"
           " an identical text),"
@@ -259,6 +263,10 @@ def _add_bert(args, progress):
           + (f" and {s['message_table']}" if s["message_table"] else "")
           + (f" (written by MySQL's {s['write_path'].upper() if s['write_path'] == 'load data' else s['write_path']})"
              if s.get("write_path") else ""))
+    if s.get("token_table"):
+        print(f"add_bert: {s['tokens_kept']} token vectors -> table {s['token_table']}")
+    if s.get("word_table"):
+        print(f"add_bert: {s['word_types']} (group, word) vectors -> table {s['word_table']}")
 
 
 def _output_parquet(args, progress):

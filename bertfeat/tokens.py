@@ -3,8 +3,9 @@
 The token table (`tok$<featname>$<table>`, one row per word piece of each message, in order):
 message_id; sentence, its index among the message's sentences as the model saw them (a
 sentence longer than the model's limit cut in parts, one with no word pieces dropped); token,
-the piece's index in it; piece, the word piece; word, the text of the word the piece belongs
-to (the tokenizer's word ids and offsets); vec, the token's vector after layer aggregation (the
+the piece's index in it; piece, the word piece; word_index, the tokenizer's index of the word
+the piece belongs to in its sentence (a word's pieces share it); word, that word's text (from
+the tokenizer's offsets); vec, the token's vector after layer aggregation (the
 rows a sentence's word aggregation reduces, as float32).
 
 The word-type table (`wt$<featname>$<table>$<correl>`, one row per group and distinct word):
@@ -25,6 +26,9 @@ import numpy as np
 from .aggregate.groups import DUCK_AGG
 from .aggregate.kernels import token_vectors
 from .progress import Progress, notice
+
+
+TOKEN_COLUMNS = ["message_id", "sentence", "token", "piece", "word_index", "word"]  # and vec
 
 
 class TokenEmbedder:
@@ -107,10 +111,10 @@ def keep(engine, stage, batches, embedder, token_table, word_table, word_aggrega
             for batch, n_rows, _ in batches:
                 with engine.released():
                     per_message = tokens_of([sents for _, _, sents, _ in batch])
-                rows = [(mid, s, t, piece, word)
+                rows = [(mid, s, t, piece, w, word)
                         for (mid, _, _, _), sents in zip(batch, per_message)
-                        for s, (pieces, words_, _, _) in enumerate(sents)
-                        for t, (piece, word) in enumerate(zip(pieces, words_))]
+                        for s, (pieces, words_, word_ids, _) in enumerate(sents)
+                        for t, (piece, word, w) in enumerate(zip(pieces, words_, word_ids))]
                 vectors = [v for sents in per_message for *_, v in sents]
                 if tmp_tokens and rows:
                     if not created:
@@ -119,10 +123,10 @@ def keep(engine, stage, batches, embedder, token_table, word_table, word_aggrega
                         text = engine.long_text_type
                         engine.create_table(tmp_tokens, [("message_id", id_type, False), ("sentence", "INTEGER", False),
                                                          ("token", "INTEGER", False), ("piece", text, False),
-                                                         ("word", text, False),
+                                                         ("word_index", "INTEGER", False), ("word", text, False),
                                                          ("vec", engine.vector_type(vectors[0].shape[1]), False)])
-                    engine.insert_vector_rows(tmp_tokens, ["message_id", "sentence", "token", "piece", "word"],
-                                              [list(c) for c in zip(*rows)], [("vec", np.concatenate(vectors))])
+                    engine.insert_vector_rows(tmp_tokens, TOKEN_COLUMNS, [list(c) for c in zip(*rows)],
+                                              [("vec", np.concatenate(vectors))])
                     engine.commit()
                     counts["tokens_kept"] += len(rows)
                 if words:

@@ -81,10 +81,10 @@ class Reference:
             out.extend(ids[i:i + self.limit] for i in range(0, len(ids), self.limit) if ids)
         return out
 
-    def message_vector(self, sentences, layers, layer_aggs, word_aggs, no_context=False):
+    def token_vectors(self, sentences, layers, layer_aggs, no_context=False):
+        """Per sentence (as the model sees them: long ones cut), its tokens' vectors after layer
+        aggregation [T, D]."""
         sents = self.pieces(sentences)
-        if not sents:
-            return None
         token_vecs = []  # per sentence: [T, L, H]
         for i, s in enumerate(sents):
             if no_context:
@@ -101,15 +101,14 @@ class Reference:
                 ids, types, _, b0 = self.window(sents[i - 1], s)
                 views.append(self.hidden(ids, types)[layers, b0:b0 + len(s)])
             token_vecs.append(np.transpose(np.mean(views, 0), (1, 0, 2)))
-        sent_vecs = []
-        for tv in token_vecs:
-            per_token = []
-            for t in tv:  # t: [L, H]
-                parts = [t.reshape(-1) if a == "concatenate" else AGG[a](t) for a in layer_aggs]
-                per_token.append(np.concatenate(parts))
-            per_token = np.array(per_token)
-            sent_vecs.append(np.concatenate([AGG[a](per_token) for a in word_aggs]))
-        return np.mean(sent_vecs, 0)
+        return [np.array([np.concatenate([t.reshape(-1) if a == "concatenate" else AGG[a](t) for a in layer_aggs])
+                          for t in tv]) for tv in token_vecs]
+
+    def message_vector(self, sentences, layers, layer_aggs, word_aggs, no_context=False):
+        per_token = self.token_vectors(sentences, layers, layer_aggs, no_context)
+        if not per_token:
+            return None
+        return np.mean([np.concatenate([AGG[a](t) for a in word_aggs]) for t in per_token], 0)
 
     def group_vectors(self, messages, layers, layer_aggs, word_aggs, msg_aggs, no_context=False):
         """{group: vector} from [(message_id, group, sentences)]; first occurrence of an id wins."""

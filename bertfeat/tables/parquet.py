@@ -8,6 +8,9 @@ Layouts (issue 25; the choice and its numbers are in bench/README.md "Parquet"):
   the feature names are in the file's key-value metadata (`features`, a JSON list).
 - `long`: the table as it is (id, group_id, feat, value, group_norm), in id order.
 
+The token and word-type tables (--bert_keep_tokens, --bert_word_types) are written as they are,
+their vectors as FLOAT lists (a MySQL table's float32 BLOBs decoded); `layout` does not apply.
+
 DuckDB writes the file (no pyarrow needed). A DuckDB feature table is read in place; a MySQL
 one is streamed into a temporary DuckDB file first, a batch at a time.
 """
@@ -18,7 +21,7 @@ import tempfile
 import duckdb
 
 from ..errors import BertfeatError
-from .duck import DUCKDB_CONFIG, insert_columns
+from .duck import DUCKDB_CONFIG, insert_columns, insert_with_vectors
 
 LAYOUTS = ("wide", "vector", "long")
 COLUMNS = ["id", "group_id", "feat", "value", "group_norm"]
@@ -34,6 +37,11 @@ def write(engine, table, path, layout="wide"):
     """Write feature table `table` of `engine` to the Parquet file `path` (replaced atomically:
     written beside it, then renamed); returns the number of rows written."""
     check_layout(layout)
+    engine.require_table(table)
+    columns = engine.columns(table)
+    vectors = [c for c, t in columns if t.upper().endswith("]") or "blob" in t.lower()]
+    if vectors:
+        return _write_as_is(engine, table, path, columns, vectors)
     engine.require_table(table, COLUMNS)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -59,6 +67,48 @@ def write(engine, table, path, layout="wide"):
         if os.path.exists(tmp):
             os.remove(tmp)
     return n
+
+
+def _write_as_is(engine, table, path, columns, vectors):
+    """A table with vector columns (tokens, word types) as it is, rows in its first columns' order."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    names = [c for c, _ in columns]
+    order = ", ".join(_quote(c) for c in names if c not in vectors)
+    try:
+        if engine.kind == "duckdb":
+            with engine.hold() as con:
+                con.execute(f"COPY (SELECT * FROM {engine.q(table)} ORDER BY {order}) TO {_literal(tmp)}"
+                            " (FORMAT parquet)")
+        else:
+            import numpy as np
+            scalars = [(c, t) for c, t in columns if c not in vectors]
+            with tempfile.TemporaryDirectory(prefix="bertfeat-parquet-") as folder:
+                con = duckdb.connect(os.path.join(folder, "t.duckdb"), config=DUCKDB_CONFIG)
+                try:
+                    types = {c: "BIGINT" if "int" in t.lower() else "DOUBLE" if "double" in t.lower() else "VARCHAR"
+                             for c, t in scalars}
+                    con.execute("CREATE TABLE t (" + ", ".join(f"{_quote(c)} {types[c]}" for c, _ in scalars)
+                                + "".join(f", {_quote(v)} FLOAT[]" for v in vectors) + ")")
+                    cols = ", ".join(engine.q(c, "column name") for c in [c for c, _ in scalars] + vectors)
+                    for rows in engine.stream(f"SELECT {cols} FROM {engine.q(table)}", batch_size=10_000):
+                        k = len(scalars)
+                        values = [list(c) for c in zip(*rows)][:k]
+                        insert_with_vectors(con, "t", [_quote(c) for c, _ in scalars], values,
+                                            [(_quote(v), np.stack([np.frombuffer(r[k + j], "<f4") for r in rows]))
+                                             for j, v in enumerate(vectors)])
+                    con.execute(f"COPY (SELECT * FROM t ORDER BY {order}) TO {_literal(tmp)} (FORMAT parquet)")
+                finally:
+                    con.close()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return duckdb.execute(f"SELECT count(*) FROM read_parquet({_literal(path)})").fetchone()[0]
+
+
+def _literal(text):
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _copy(con, source, path, layout):
