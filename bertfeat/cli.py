@@ -274,9 +274,10 @@ def _output_parquet(args, progress):
     _need(args, "corpdb")
     tables = list(args.feat_table or []) + [t for t in getattr(args, "written_tables", []) if t not in
                                             (args.feat_table or [])]
-    for path in api.write_parquet(args.corpdb, tables, args.output_parquet, layout=args.parquet_layout,
-                                  **_conn(args)):
-        print(f"output_parquet: {path} ({args.parquet_layout})")
+    for table, path in zip(tables, api.write_parquet(args.corpdb, tables, args.output_parquet,
+                                                     layout=args.parquet_layout, **_conn(args))):
+        vectors = table.startswith(("tok$", "wt$"))  # token and word-type tables: written as they are
+        print(f"output_parquet: {path} ({'its own columns' if vectors else args.parquet_layout})")
 
 
 def _predict(args, progress):
