@@ -46,7 +46,7 @@ def sampled_cosines(features, precision, step):
 
 def test_int8_message_vectors_agree_with_fp32(msgs100u_features):
     """Every third msgs100u message (247 of 741, to keep the suite short on slow hosts; every
-    window is measured in bench/int8_layers.py; the gate's test below covers every layer)."""
+    window is measured in bench/DECISIONS.md, int8_layers; the gate's test below covers every layer)."""
     cos, entry = sampled_cosines(msgs100u_features, "int8", 1)
     assert len(cos) >= 240 and min(cos) >= 0.998, min(cos)  # issue 10: int8 >= 0.998 per message
     manifest = read_manifest(entry)

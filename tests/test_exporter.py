@@ -342,7 +342,7 @@ def test_int8_gemm_sums_are_exact_where_the_recipes_assume_so():
 @pytest.mark.parametrize("plain_faster", [True, False])
 def test_fp32_keeps_the_graph_that_runs_faster_here_and_derived_exports_start_from_the_right_one(
         plain_faster, tiny, tmp_path, monkeypatch):
-    """Which graph is faster depends on the CPU (bench/attention_fusion.py), so the exporter times
+    """Which graph is faster depends on the CPU (bench/DECISIONS.md, attention_fusion), so the exporter times
     both; the timing is the one thing fixed here. Either graph matches PyTorch (the export
     validates it); fp16 and per-window int8 are made from the fused graph either way, per-token
     int8 from the kept one."""

@@ -383,7 +383,7 @@ def _best_graph(tmp, batch, reference, config, name, previous=None):
     """The graph to keep, (path, max error, optimizations applied): ONNX Runtime's transformer
     fusions when they keep it within TOLERANCE of PyTorch, unless the plain graph runs faster on
     this CPU (timed here: the fused graph was 4% faster on an AVX2 AMD EPYC, the plain one 22%
-    faster on an Intel Xeon with AMX; bench/attention_fusion.py). Not timed: a model too small to
+    faster on an Intel Xeon with AMX; bench/DECISIONS.md). Not timed: a model too small to
     time (fused kept) and an entry made again (`previous` choice kept). int8 and fp16 are always
     made from the fused graph (`_fused_source`)."""
     raw = tmp / "raw.onnx"

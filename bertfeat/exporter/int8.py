@@ -28,7 +28,7 @@ import logging
 
 import numpy as np
 
-SMOOTH_ALPHA = 0.75  # scale migration strength (bench/int8_layers.py)
+SMOOTH_ALPHA = 0.75  # scale migration strength (bench/DECISIONS.md, int8_layers)
 FFN_OUTPUT_ALPHA = 0.5  # for the FFN output projections' GELU input, when int8 (0.4 .. 0.75 measured)
 GELU_MIN = 0.17  # GELU(x) >= -0.16997 (erf and tanh forms alike)
 
@@ -206,7 +206,7 @@ def ffn_output_matmuls(model_path):
 
     Their input has the activation outliers that per-window int8 scales handle worst: kept in
     fp32 they lift all-MiniLM-L6-v2's int8 window cosine to fp32 on msgs100u from 0.9925 to
-    0.9960 at layer 4 (bench/int8_layers.py, bench/README.md)."""
+    0.9960 at layer 4 (bench/DECISIONS.md, int8_layers)."""
     import onnx
     graph = onnx.load(str(model_path), load_external_data=False).graph
     producer = {out: node for node in graph.node for out in node.output}
