@@ -48,6 +48,15 @@ def msgs_csv():
     return str(MSGS_CSV)
 
 
+@pytest.fixture(scope="session")
+def tiny_bert_model(tmp_path_factory):
+    """A tiny random BERT folder (tests/tiny_models.py), made once per test process; tests
+    export it into caches of their own."""
+    pytest.importorskip("torch", reason="the tiny test model is made with torch (pip install 'bertfeat[export]')")
+    from tiny_models import make_model
+    return str(make_model("bert", tmp_path_factory.mktemp("tiny_bert") / "bert"))
+
+
 @pytest.fixture
 def duck(tmp_path):
     """Connection keywords for a DuckDB database in a fresh folder."""

@@ -28,11 +28,8 @@ print("done", s["table"], flush=True)
 
 
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    pytest.importorskip("torch", reason="the tiny test model is made with torch (pip install 'bertfeat[export]')")
-    from tiny_models import make_model
-    root = tmp_path_factory.mktemp("tinyc")
-    model = str(make_model("bert", root / "bert"))
+def tiny_bert(tiny_bert_model, tmp_path_factory):
+    root, model = tmp_path_factory.mktemp("tinyc"), tiny_bert_model
     from bertfeat.exporter import locate
     for depth in (1, 2, 3):
         locate(model, depth, root=str(root / "models"))  # exported once, before any race

@@ -99,11 +99,8 @@ def test_import_and_sentences_round_trip_byte_for_byte(tmp_path_factory, texts, 
 
 
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    pytest.importorskip("torch", reason="the tiny test model is made with torch (pip install 'bertfeat[export]')")
-    from tiny_models import make_model
-    root = tmp_path_factory.mktemp("tinyb")
-    return str(make_model("bert", root / "bert")), str(root / "cache")
+def tiny_bert(tiny_bert_model, tmp_path_factory):
+    return tiny_bert_model, str(tmp_path_factory.mktemp("tinyb") / "cache")
 
 
 @settings(max_examples=2, deadline=None, suppress_health_check=list(HealthCheck))

@@ -160,10 +160,8 @@ def test_an_unchanged_partial_resumes(engine_name, tmp_path, request):
 
 # --- corrupted exports -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    pytest.importorskip("torch", reason="the tiny test model is made with torch (pip install 'bertfeat[export]')")
-    from tiny_models import make_model
-    return str(make_model("bert", tmp_path_factory.mktemp("tinyr") / "bert"))
+def tiny_bert(tiny_bert_model):
+    return tiny_bert_model
 
 
 def flip_bytes(path, where):

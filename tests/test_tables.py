@@ -46,10 +46,11 @@ def test_import_refuses_reimport_without_overwrite(msgs_csv, duck):
     assert bertfeat.import_csv("d", "msgs", Path(msgs_csv), overwrite=True, progress=False, **duck)["rows"] == 741
 
 
-def test_import_types_primary_key_and_multiline(tmp_path, duck, mysql_db):
+@pytest.mark.parametrize("engine_name", ["duckdb", "mysql"])
+def test_import_types_primary_key_and_multiline(engine_name, tmp_path, duck, request):
     path = tmp_path / "m.csv"
     path.write_bytes(b'message_id,user_id,message\n1,7,"two\nlines, and a comma"\n2,7,"bad \xff byte"\n')
-    for db, conn in (("d", duck), mysql_db):
+    for db, conn in [("d", duck) if engine_name == "duckdb" else request.getfixturevalue("mysql_db")]:
         s = bertfeat.import_csv(db, "m", str(path), progress=False, **conn)
         assert s["rows"] == 2 and s["replaced_utf8"] == 1
         with connect(db, **conn) as engine:
