@@ -1,8 +1,9 @@
 """Staged message vectors (a DuckDB file) and the group reductions run from them.
 
 The stage is keyed by everything that determines a message vector (model fingerprint,
-precision, layers, layer and word aggregations, context mode): one table per key, rows
-(message_id, text_hash, vec). Message aggregation only reads it, so changing
+precision, layers, layer and word aggregations, context mode): rows (message_id, text_hash,
+vec) in tables of at most PARTITION_ROWS rows per key, `vec_<key>` then `vec_<key>_p1`, ...
+Message aggregation only reads it, so changing
 --bert_msg_aggregation or asking for the message-level table needs no inference.
 """
 import contextlib
@@ -29,6 +30,11 @@ def stage_key(settings):
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# DuckDB (2.0) rewrites a table's recent row groups when it checkpoints after an append, and
+# that work grew with the table: per-chunk appends to one table took 1.5x as long per row at
+# 4e5 rows as at 1e5, and left the file 1.4-1.9x its data. Tables of at most this many rows
+# keep both flat (bench/README.md "Growth": the stage's partitions).
+PARTITION_ROWS = 100_000
 _GROUPS_RE = re.compile(r"^groups_[0-9a-f]+_([0-9a-f]{8})_([0-9]+)_[0-9a-f]{8}$")  # host, pid
 
 
@@ -63,8 +69,8 @@ class Stage:
         self.path = path
         self.lock_timeout = lock_timeout
         self.key = stage_key(settings)
-        self.table = f"vec_{self.key}"
-        self.group_type = group_type
+        self.table = f"vec_{self.key}"  # the first partition (0.3's only table); later ones add _p1, _p2, ...
+        self.id_type, self.group_type = id_type, group_type
         self.run_tables = []  # this run's own tables besides `groups` (run_table)
         # this run's (message, group) rows; named by host and process, so that the table a killed
         # run leaves behind is recognized and dropped by the next run that opens the stage
@@ -107,6 +113,22 @@ class Stage:
         """Let go of the stage file while inference runs, so another run can use it."""
         return self._file.released()
 
+    def _partitions(self, con):
+        """The key's tables, oldest first."""
+        names = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE starts_with(table_name, ?)",
+                                           [self.table]).fetchall()}
+        more = sorted((int(n[len(self.table) + 2:]), n) for n in names
+                      if n.startswith(self.table + "_p") and n[len(self.table) + 2:].isdigit())
+        return [self.table] + [n for _, n in more]
+
+    def _vectors(self, con, schema=None):
+        """The key's rows (message_id, text_hash, vec) as one table expression."""
+        prefix = f"{schema}." if schema else ""
+        parts = self._partitions(con)
+        if len(parts) == 1:
+            return prefix + parts[0]
+        return "(" + " UNION ALL ".join(f"SELECT message_id, text_hash, vec FROM {prefix}{p}" for p in parts) + ")"
+
     def staged(self, message_ids, text_hashes):
         """{message_id: text_hash} already staged, and {text_hash: vec} for the hashes of the
         messages not staged with that text (another message's identical text)."""
@@ -114,12 +136,13 @@ class Stage:
         # lookup scans the whole stage (its hashes are in no order), so it runs only for what the
         # first lookup (by id, pruned by the ids' zone maps) did not find: a rerun never runs it
         with self._connection() as con:
+            vectors = self._vectors(con)
             done = dict(con.execute(
-                f"SELECT message_id, text_hash FROM {self.table} WHERE message_id IN (SELECT unnest(?))",
+                f"SELECT message_id, text_hash FROM {vectors} WHERE message_id IN (SELECT unnest(?))",
                 [list(message_ids)]).fetchall())
             wanted = {h for m, h in zip(message_ids, text_hashes) if done.get(m) != h}
             by_hash = dict(con.execute(
-                f"SELECT text_hash, any_value(vec) FROM {self.table} WHERE text_hash IN (SELECT unnest(?))"
+                f"SELECT text_hash, any_value(vec) FROM {vectors} WHERE text_hash IN (SELECT unnest(?))"
                 " GROUP BY text_hash", [list(wanted)]).fetchall()) if wanted else {}
         return done, by_hash
 
@@ -131,9 +154,15 @@ class Stage:
         with self._connection() as con:
             if rows:
                 con.execute("BEGIN")
-                con.execute(f"DELETE FROM {self.table} WHERE message_id IN (SELECT unnest(?))",
-                            [[m for m, _, _ in rows]])
-                insert_vectors(con, self.table, [m for m, _, _ in rows], [h for _, h, _ in rows],
+                parts = self._partitions(con)
+                for part in parts:
+                    con.execute(f"DELETE FROM {part} WHERE message_id IN (SELECT unnest(?))", [[m for m, _, _ in rows]])
+                target = parts[-1]
+                if con.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0] >= PARTITION_ROWS:
+                    target = f"{self.table}_p{len(parts)}"
+                    con.execute(f"CREATE TABLE {target} (message_id {self.id_type} PRIMARY KEY, text_hash VARCHAR,"
+                                " vec FLOAT[])")
+                insert_vectors(con, target, [m for m, _, _ in rows], [h for _, h, _ in rows],
                                np.stack([v for _, _, v in rows]))
                 con.execute("COMMIT")
             if groups:
@@ -189,8 +218,9 @@ class Stage:
         return sql, []
 
     def _names(self, schema):
-        prefix = f"{schema}." if schema else ""
-        return prefix + self.table, prefix + self.groups
+        with self._connection(read_only=True) as con:
+            vectors = self._vectors(con, schema)
+        return vectors, (f"{schema}." if schema else "") + self.groups
 
     def to_csv(self, sql, params, path):
         """Write one of the *_sql queries' rows to `path` as CSV (no header, every field in double
