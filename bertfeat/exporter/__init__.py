@@ -384,8 +384,8 @@ def _best_graph(tmp, batch, reference, config, name, previous=None):
     fusions when they keep it within TOLERANCE of PyTorch, unless the plain graph runs faster on
     this CPU (timed here: the fused graph was 4% faster on an AVX2 AMD EPYC, the plain one 22%
     faster on an Intel Xeon with AMX; bench/DECISIONS.md). Not timed: a model too small to
-    time (fused kept) and an entry made again (`previous` choice kept). int8 and fp16 are always
-    made from the fused graph (`_fused_source`)."""
+    time (fused kept) and an entry made again (`previous` choice kept). int8 and fp16 start from
+    the graph their recipe names (`Recipe.graph`: the fused one, `_fused_source`, or the kept one)."""
     raw = tmp / "raw.onnx"
     chosen, err, optimizations = raw, _validate(raw, batch, reference), []
     fused = _fuse(raw, tmp / "fused.onnx", config)

@@ -12,10 +12,10 @@ sum exactly on every x86 CPU: the same integers as 8-bit signed ones, slower (pe
 fp32 on an AVX-512 VNNI EPYC, against 1.50x with signed weights; not measured on an AVX2 CPU).
 test_exporter checks both facts on the CPU that runs the tests.
 
-- `per_window` (fast): ONNX Runtime's dynamic quantization, one activation scale per tensor, so
+- `per_window` (one scale per tensor): ONNX Runtime's dynamic quantization, one activation scale per tensor, so
   the runtime runs one window per call (a message's vector never depends on its batch-mates);
   7-bit weights on every CPU.
-- `per_token` (accurate): every token's activations get their own scale, so windows batch like
+- `per_token` (one scale per token): every token's activations get their own scale, so windows batch like
   fp32 and a token's result depends on that token alone. Per token is finer than per window, so
   it also holds on layers where per-window does not (all-MiniLM-L6-v2's last layer), at the
   cost of a few elementwise ops per GEMM input (bench/README.md "int8 that holds on every layer").

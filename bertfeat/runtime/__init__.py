@@ -76,8 +76,9 @@ class Encoder:
         if self.batch_tokens < self.max_positions:
             self.batch_tokens = self.max_positions  # one longest window must fit
         self.threads = int(threads or physical_cores())
-        # int8 sessions run one window per call (its activation scales are the window's own),
-        # with one call per thread in parallel; fp32 runs padded, length-sorted batches.
+        # a per-window int8 export (the manifest's per_window: one activation scale per tensor)
+        # runs one window per call, one call per thread in parallel; every other export (fp32,
+        # fp16, per-token int8) runs padded, length-sorted batches.
         self.per_window = bool(self.manifest.get("per_window"))
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1 if self.per_window else self.threads
