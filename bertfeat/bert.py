@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .aggregate.groups import Stage, open_stage
-from .errors import BertfeatError, param
+from .errors import DEVICES, BertfeatError, first_line, param, unknown_device
 from .models import INT8_PAYS, cosine, file_sha256, layer_count, locate
 from .progress import Progress, notice
 from .settings import DEFAULT_MODEL, BertSettings
@@ -191,8 +191,8 @@ def _device(device, precision, here=True):
     if precision == "int8" and device == "auto":
         device = "cpu"  # int8 sessions are CPU sessions
     if not here:
-        if device not in ("cpu", "cuda", "auto"):
-            raise BertfeatError(f"unknown --device {device!r}: choose cpu, cuda or auto")
+        if device not in DEVICES:
+            raise unknown_device(device)
         return device
     device = resolve_device(device)
     if precision == "fp16" and device == "cpu":
@@ -244,7 +244,7 @@ def _tokenizer_file(tokenizer_model, entry):
     try:
         vocab = load_tokenizer(path).get_vocab()
     except Exception as e:  # tokenizers raises a bare Exception on a damaged file
-        raise BertfeatError(f"{flag}: {path} is not a readable tokenizer.json ({str(e).splitlines()[0][:120]});"
+        raise BertfeatError(f"{flag}: {path} is not a readable tokenizer.json ({first_line(e, 120)});"
                             " save it again with transformers (AutoTokenizer.from_pretrained(...).save_pretrained)"
                             ) from None
     model_vocab = load_tokenizer(own).get_vocab()

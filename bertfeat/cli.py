@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from .errors import BertfeatError
+from .errors import BertfeatError, first_line
 from .predict import DEFAULT_FOLDS, DEFAULT_SEED
 from .settings import DEFAULT_MODEL
 from .tables import DEFAULT_MYSQL_CONFIG, ENGINES
@@ -326,14 +326,14 @@ def main(argv=None):
                   file=sys.stderr)
             return 2
         if type(e).__module__.startswith("pymysql") and len(args_) == 2:  # (errno, message)
-            first = f"{args_[0]} {str(args_[1]).strip().splitlines()[0]}"
+            first = f"{args_[0]} {first_line(args_[1])}"
         elif "No space left" in str(e) or "Could not write file" in str(e):
-            print("bertfeat: error: the disk is full (" + str(e).strip().splitlines()[0][:160] + "): free some"
+            print("bertfeat: error: the disk is full (" + first_line(e, 160) + "): free some"
                   " space, or point --stage_dir / --db_dir at another disk, then run the same command again"
                   " (finished chunks are kept)", file=sys.stderr)
             return 2
         else:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
         print(f"bertfeat: error: database: {first}", file=sys.stderr)
         return 2
     return 0

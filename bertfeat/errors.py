@@ -9,6 +9,21 @@ class BertfeatError(Exception):
     """A problem with the user's input or environment, reported as one line (exit status 2)."""
 
 
+def first_line(e, limit=None):
+    """The first line of an exception's message (its class name when it has none), at most
+    `limit` characters: what a one-line error quotes of a library's error."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line[:limit] if limit else line
+
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def unknown_device(device):
+    return BertfeatError(f"unknown --device {device!r}: choose {', '.join(DEVICES[:-1])} or {DEVICES[-1]}")
+
+
 def param(flag, value=None):
     """A setting as the user writes it: on the command line the flag (`--precision`, or
     `--precision fp32` with a value), from Python the keyword (`precision`, `precision='fp32'`);

@@ -16,7 +16,7 @@ import uuid
 import duckdb
 import numpy as np
 
-from ..errors import BertfeatError
+from ..errors import BertfeatError, first_line
 from ..tables import HOST_TAG, _alive
 from ..tables.duck import (DUCKDB_CONFIG, HeldFile, insert_columns, insert_vectors, insert_with_vectors,
                            waiting_for_lock)
@@ -45,7 +45,7 @@ def _sql_string(text):
 
 def _unusable(path, e):
     return BertfeatError(
-        f"cannot use the stage file {path} ({str(e).strip().splitlines()[0][:160]}): it only caches"
+        f"cannot use the stage file {path} ({first_line(e, 160)}): it only caches"
         " message vectors, so delete it and run again (finished messages are recomputed)")
 
 

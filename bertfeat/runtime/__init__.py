@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from ..errors import BertfeatError
+from ..errors import BertfeatError, first_line, unknown_device
 from ..models import read_manifest, selects_layers
 from ..progress import notice
 
@@ -91,8 +91,7 @@ class Encoder:
             self.session = ort.InferenceSession(str(entry / "model.onnx"), options, providers=providers)
         except Exception as e:  # ONNX Runtime raises its own classes for unreadable graphs
             if type(e).__module__.startswith("onnxruntime"):
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise CorruptedEntry(f"cannot load {entry / 'model.onnx'} ({first[:200]}): the cache"
+                raise CorruptedEntry(f"cannot load {entry / 'model.onnx'} ({first_line(e, 200)}): the cache"
                                      " entry is corrupted; delete that folder (the next run exports"
                                      " it again), or run bertfeat --verify_models") from e
             raise
@@ -255,5 +254,5 @@ def resolve_device(device):
                             " pip uninstall -y onnxruntime && pip install 'bertfeat[gpu]' (CUDA 12)"
                             " or 'bertfeat[gpu-cu13]' (CUDA 13); or use --device cpu")
     if device not in ("cpu", "cuda"):
-        raise BertfeatError(f"unknown --device {device!r}: choose cpu, cuda or auto")
+        raise unknown_device(device)
     return device

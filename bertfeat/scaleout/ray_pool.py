@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..errors import BertfeatError
+from ..errors import BertfeatError, first_line
 from ..models import read_manifest
 
 INSTALL = "pip install 'bertfeat[ray]'"
@@ -65,8 +65,7 @@ def _start(ray, address):
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BertfeatError(f"--ray {address}: cannot reach a Ray cluster there ({first[:160]});"
+        raise BertfeatError(f"--ray {address}: cannot reach a Ray cluster there ({first_line(e, 160)});"
                             " give 'auto', host:port of a running head node, or no address for a local"
                             " Ray") from None
     return True

@@ -9,7 +9,7 @@ import uuid
 import duckdb
 import numpy as np
 
-from ..errors import BertfeatError
+from ..errors import BertfeatError, first_line
 from ..progress import notice
 from . import Engine
 
@@ -49,8 +49,7 @@ class DuckEngine(Engine):
             return waiting_for_lock(lambda: duckdb.connect(self.path, config=DUCKDB_CONFIG), self.path,
                                     self.lock_timeout)
         except duckdb.Error as e:
-            first = str(e).strip().splitlines()[0]
-            raise BertfeatError(f"cannot open DuckDB file {self.path}: {first}") from e
+            raise BertfeatError(f"cannot open DuckDB file {self.path}: {first_line(e)}") from e
 
     def hold(self):
         """One connection for the block (nested holds share it); closed when the outermost ends."""
@@ -257,7 +256,7 @@ def waiting_for_lock(open_it, path, timeout=None):
         try:
             return open_it()
         except duckdb.Error as e:
-            first = str(e).strip().splitlines()[0]
+            first = first_line(e)
             if "Could not set lock" not in first:
                 raise
             holder = re.search(r"\(PID (\d+)\)", first)
