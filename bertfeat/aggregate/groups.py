@@ -121,13 +121,12 @@ class Stage:
                       if n.startswith(self.table + "_p") and n[len(self.table) + 2:].isdigit())
         return [self.table] + [n for _, n in more]
 
-    def _vectors(self, con, schema=None):
+    def _vectors(self, con):
         """The key's rows (message_id, text_hash, vec) as one table expression."""
-        prefix = f"{schema}." if schema else ""
         parts = self._partitions(con)
         if len(parts) == 1:
-            return prefix + parts[0]
-        return "(" + " UNION ALL ".join(f"SELECT message_id, text_hash, vec FROM {prefix}{p}" for p in parts) + ")"
+            return parts[0]
+        return "(" + " UNION ALL ".join(f"SELECT message_id, text_hash, vec FROM {p}" for p in parts) + ")"
 
     def staged(self, message_ids, text_hashes):
         """{message_id: text_hash} already staged, and {text_hash: vec} for the hashes of the
@@ -195,13 +194,16 @@ class Stage:
         Ordered by group, aggregation (as given), dimension; ids 1..N in that order. `schema`
         names the attached stage when another connection runs it.
         """
-        vec, groups = self._names(schema)
+        parts, groups = self._names(schema)
         aggs = ", ".join(f"{DUCK_AGG[a]}(v) AS a{k}" for k, a in enumerate(aggregations))
         long = " UNION ALL ".join(f"SELECT group_id, {k} AS k, i, a{k} AS value FROM a"
                                   for k in range(len(aggregations)))
-        sql = (f"WITH u AS (SELECT g.group_id, s.i, s.v FROM {groups} g JOIN"
-               f" (SELECT message_id, unnest(range(len(vec))) AS i, unnest(vec) AS v FROM {vec}) s"
-               f" USING (message_id)), a AS (SELECT group_id, i, {aggs} FROM u GROUP BY group_id, i),"
+        # messages joined to their groups before their vectors are unnested: whichever side DuckDB
+        # builds its hash table on is then a table of messages, never one of every value (which ran
+        # out of memory at 10^6 messages once the stage had partitions)
+        u = " UNION ALL ".join(f"SELECT g.group_id, unnest(range(len(s.vec))) AS i, unnest(s.vec) AS v FROM {groups} g"
+                               f" JOIN {p} s USING (message_id)" for p in parts)
+        sql = (f"WITH u AS ({u}), a AS (SELECT group_id, i, {aggs} FROM u GROUP BY group_id, i),"
                f" l AS ({long})"
                " SELECT row_number() OVER (ORDER BY group_id, k, i) AS id, group_id,"
                " CAST(i AS VARCHAR) || list_extract(?, k + 1) AS feat, value, value AS group_norm"
@@ -210,17 +212,19 @@ class Stage:
 
     def message_features_sql(self, schema=None):
         """(SQL, params) giving the message-level table's rows, features named by dimension."""
-        vec, groups = self._names(schema)
+        parts, groups = self._names(schema)
+        rows = " UNION ALL ".join(f"SELECT message_id, unnest(range(len(vec))) AS i, unnest(vec) AS v FROM {p}"
+                                  f" WHERE message_id IN (SELECT message_id FROM {groups})" for p in parts)
         sql = ("SELECT row_number() OVER (ORDER BY message_id, i) AS id, message_id AS group_id,"
-               " CAST(i AS VARCHAR) AS feat, v AS value, v AS group_norm FROM"
-               f" (SELECT message_id, unnest(range(len(vec))) AS i, unnest(vec) AS v FROM {vec}"
-               f" WHERE message_id IN (SELECT message_id FROM {groups})) ORDER BY id")
+               f" CAST(i AS VARCHAR) AS feat, v AS value, v AS group_norm FROM ({rows}) ORDER BY id")
         return sql, []
 
     def _names(self, schema):
+        """([the key's partitions], this run's groups table), prefixed with `schema`."""
+        prefix = f"{schema}." if schema else ""
         with self._connection(read_only=True) as con:
-            vectors = self._vectors(con, schema)
-        return vectors, (f"{schema}." if schema else "") + self.groups
+            parts = self._partitions(con)
+        return [prefix + p for p in parts], prefix + self.groups
 
     def to_csv(self, sql, params, path):
         """Write one of the *_sql queries' rows to `path` as CSV (no header, every field in double
