@@ -14,6 +14,7 @@ their vectors as FLOAT lists (a MySQL table's float32 BLOBs decoded); `layout` d
 DuckDB writes the file (no pyarrow needed). A DuckDB feature table is read in place; a MySQL
 one is streamed into a temporary DuckDB file first, a batch at a time.
 """
+import contextlib
 import json
 import os
 import tempfile
@@ -43,39 +44,50 @@ def write(engine, table, path, layout="wide"):
     if vectors:
         return _write_as_is(engine, table, path, columns, vectors)
     engine.require_table(table, COLUMNS)
+    with _replacing(path) as tmp:
+        if engine.kind == "duckdb":
+            with engine.hold() as con:
+                return _copy(con, engine.q(table), tmp, layout)
+        with _scratch() as con:
+            group_type = "BIGINT" if "int" in dict(engine.columns(table))["group_id"].lower() else "VARCHAR"
+            con.execute(f"CREATE TABLE t (id BIGINT, group_id {group_type}, feat VARCHAR, value DOUBLE,"
+                        " group_norm DOUBLE)")
+            cols = ", ".join(engine.q(c, "column name") for c in COLUMNS)
+            for rows in engine.stream(f"SELECT {cols} FROM {engine.q(table)}", batch_size=100_000):
+                insert_columns(con, "t", COLUMNS, rows)
+            return _copy(con, "t", tmp, layout)
+
+
+@contextlib.contextmanager
+def _replacing(path):
+    """A temporary file name beside `path`, renamed to `path` when the block completes (removed
+    when it does not): a reader never sees half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        if engine.kind == "duckdb":
-            with engine.hold() as con:
-                n = _copy(con, engine.q(table), tmp, layout)
-        else:
-            with tempfile.TemporaryDirectory(prefix="bertfeat-parquet-") as folder:
-                con = duckdb.connect(os.path.join(folder, "t.duckdb"), config=DUCKDB_CONFIG)
-                try:
-                    group_type = "BIGINT" if "int" in dict(engine.columns(table))["group_id"].lower() else "VARCHAR"
-                    con.execute(f"CREATE TABLE t (id BIGINT, group_id {group_type}, feat VARCHAR, value DOUBLE,"
-                                " group_norm DOUBLE)")
-                    cols = ", ".join(engine.q(c, "column name") for c in COLUMNS)
-                    for rows in engine.stream(f"SELECT {cols} FROM {engine.q(table)}", batch_size=100_000):
-                        insert_columns(con, "t", COLUMNS, rows)
-                    n = _copy(con, "t", tmp, layout)
-                finally:
-                    con.close()
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return n
+
+
+@contextlib.contextmanager
+def _scratch():
+    """A DuckDB connection to a file in a temporary folder (where a MySQL table is copied first)."""
+    with tempfile.TemporaryDirectory(prefix="bertfeat-parquet-") as folder:
+        con = duckdb.connect(os.path.join(folder, "t.duckdb"), config=DUCKDB_CONFIG)
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def _write_as_is(engine, table, path, columns, vectors):
     """A table with vector columns (tokens, word types) as it is, rows in its first columns' order."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
     names = [c for c, _ in columns]
     order = ", ".join(_quote(c) for c in names if c not in vectors)
-    try:
+    with _replacing(path) as tmp:
         if engine.kind == "duckdb":
             with engine.hold() as con:
                 con.execute(f"COPY (SELECT * FROM {engine.q(table)} ORDER BY {order}) TO {_literal(tmp)}"
@@ -83,27 +95,19 @@ def _write_as_is(engine, table, path, columns, vectors):
         else:
             import numpy as np
             scalars = [(c, t) for c, t in columns if c not in vectors]
-            with tempfile.TemporaryDirectory(prefix="bertfeat-parquet-") as folder:
-                con = duckdb.connect(os.path.join(folder, "t.duckdb"), config=DUCKDB_CONFIG)
-                try:
-                    types = {c: "BIGINT" if "int" in t.lower() else "DOUBLE" if "double" in t.lower() else "VARCHAR"
-                             for c, t in scalars}
-                    con.execute("CREATE TABLE t (" + ", ".join(f"{_quote(c)} {types[c]}" for c, _ in scalars)
-                                + "".join(f", {_quote(v)} FLOAT[]" for v in vectors) + ")")
-                    cols = ", ".join(engine.q(c, "column name") for c in [c for c, _ in scalars] + vectors)
-                    for rows in engine.stream(f"SELECT {cols} FROM {engine.q(table)}", batch_size=10_000):
-                        k = len(scalars)
-                        values = [list(c) for c in zip(*rows)][:k]
-                        insert_with_vectors(con, "t", [_quote(c) for c, _ in scalars], values,
-                                            [(_quote(v), np.stack([np.frombuffer(r[k + j], "<f4") for r in rows]))
-                                             for j, v in enumerate(vectors)])
-                    con.execute(f"COPY (SELECT * FROM t ORDER BY {order}) TO {_literal(tmp)} (FORMAT parquet)")
-                finally:
-                    con.close()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            with _scratch() as con:
+                types = {c: "BIGINT" if "int" in t.lower() else "DOUBLE" if "double" in t.lower() else "VARCHAR"
+                         for c, t in scalars}
+                con.execute("CREATE TABLE t (" + ", ".join(f"{_quote(c)} {types[c]}" for c, _ in scalars)
+                            + "".join(f", {_quote(v)} FLOAT[]" for v in vectors) + ")")
+                cols = ", ".join(engine.q(c, "column name") for c in [c for c, _ in scalars] + vectors)
+                for rows in engine.stream(f"SELECT {cols} FROM {engine.q(table)}", batch_size=10_000):
+                    k = len(scalars)
+                    values = [list(c) for c in zip(*rows)][:k]
+                    insert_with_vectors(con, "t", [_quote(c) for c, _ in scalars], values,
+                                        [(_quote(v), np.stack([np.frombuffer(r[k + j], "<f4") for r in rows]))
+                                         for j, v in enumerate(vectors)])
+                con.execute(f"COPY (SELECT * FROM t ORDER BY {order}) TO {_literal(tmp)} (FORMAT parquet)")
     return duckdb.execute(f"SELECT count(*) FROM read_parquet({_literal(path)})").fetchone()[0]
 
 
