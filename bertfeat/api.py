@@ -8,9 +8,12 @@ Connection keywords shared by every function: db_engine ("duckdb" | "mysql"), db
 mysql_config_file, mysql_host, mysql_port, mysql_user, lock_timeout (seconds to wait for a DuckDB
 file another process holds).
 """
+from __future__ import annotations
+
 import json
 import os
 import time
+from pathlib import Path
 
 from .bert import add_bert, check_ray  # the job itself: its signature is the API's
 from .errors import BertfeatError, param
@@ -19,8 +22,9 @@ from .tables import CONNECTION_KEYS, check_name, connect
 from .tables import importer
 
 
-def import_csv(db, table, csv_path, overwrite=False, messageid_field="message_id", message_field="message",
-               progress=None, **conn):
+def import_csv(db: str, table: str, csv_path: str | os.PathLike, overwrite: bool = False,
+               messageid_field: str = "message_id", message_field: str = "message", progress: bool | None = None,
+               **conn) -> dict:
     """Load a CSV (header row, quoted multi-line fields) into `table`, creating `db` if needed."""
     with connect(db, create=True, **conn) as engine:
         return importer.import_csv(engine, table, csv_path, overwrite=overwrite,
@@ -28,8 +32,9 @@ def import_csv(db, table, csv_path, overwrite=False, messageid_field="message_id
                                    progress=progress)
 
 
-def add_sent_tokenized(db, table, message_field="message", messageid_field="message_id",
-                       overwrite=False, progress=None, batch_size=1000, ray=None, workers=None, **conn):
+def add_sent_tokenized(db: str, table: str, message_field: str = "message", messageid_field: str = "message_id",
+                       overwrite: bool = False, progress: bool | None = None, batch_size: int = 1000,
+                       ray: str | None = None, workers: int | None = None, **conn) -> dict:
     """Create `<table>_stoks`: every column of `table`, `message_field` as a JSON array of sentences.
 
     Written into `<table>_stoks__partial` and renamed when complete, so an interrupted run is
@@ -136,13 +141,18 @@ def _split_rows(rows, msg_index):
     return out, skipped
 
 
-def show_feature_tables(db, **conn):
-    """The database's tables: [(name, kind)] where kind is 'feature', 'sentences' or 'table'."""
+def show_feature_tables(db: str, **conn) -> list:
+    """The database's tables: [(name, kind)] where kind is 'feature', 'tokens' (--bert_keep_tokens),
+    'word types' (--bert_word_types), 'sentences', 'bertfeat' (its own bookkeeping) or 'table'."""
     with connect(db, **conn) as engine:
         out = []
         for name in engine.tables():
             if name.startswith("feat$"):
                 kind = "feature"
+            elif name.startswith("tok$"):
+                kind = "tokens"
+            elif name.startswith("wt$"):
+                kind = "word types"
             elif name.endswith("_stoks"):
                 kind = "sentences"
             elif name.startswith("bertfeat_"):
@@ -157,7 +167,7 @@ __all__ = ["BertfeatError", "import_csv", "add_sent_tokenized", "show_feature_ta
            "feature_matrix", "write_parquet", "export_model", "list_models", "CONNECTION_KEYS"]
 
 
-def feature_table_runs(db, **conn):
+def feature_table_runs(db: str, **conn) -> dict:
     """{feature table: one-line description of the run that wrote it} from the runs table."""
     with connect(db, **conn) as engine:
         return {table: f"model={st['model']} layers={st['layers']} precision={st['precision']}"
@@ -165,7 +175,7 @@ def feature_table_runs(db, **conn):
                 for table, st, su in engine.runs()}
 
 
-def feature_matrix(db, feat_table, **conn):
+def feature_matrix(db: str, feat_table: str, **conn) -> tuple:
     """A feature table as numpy: (group ids, feature names, matrix [groups x features]).
 
     Several tables (a list) are joined on group id, their features side by side. A (group,
@@ -181,7 +191,8 @@ def feature_matrix(db, feat_table, **conn):
     return groups, names, x
 
 
-def write_parquet(db, feat_table, output_dir, layout="wide", **conn):
+def write_parquet(db: str, feat_table: str | list[str], output_dir: str | os.PathLike, layout: str = "wide",
+                  **conn) -> list[str]:
     """Write feature table(s) (a name or a list) to `output_dir`/<table>.parquet; returns the
     paths. `layout`: 'wide' (a row per group, a column per feature: pandas' groups x features
     matrix), 'vector' (a row per group, the features as one list column, their names in the
@@ -199,7 +210,8 @@ def write_parquet(db, feat_table, output_dir, layout="wide", **conn):
     return paths
 
 
-def export_model(bert_model, precision="fp32", model_dir=None, depth=None, bert_layers=None):
+def export_model(bert_model: str, precision: str = "fp32", model_dir: str | None = None, depth: int | None = None,
+                 bert_layers: list[int] | None = None) -> Path:
     """Pre-export a model into the cache (for offline deployment); returns the entry folder.
 
     All layers by default; with `bert_layers` (or `depth`), only up to the deepest one, which is
@@ -213,7 +225,7 @@ def export_model(bert_model, precision="fp32", model_dir=None, depth=None, bert_
     return export(bert_model, precision=precision, depth=depth, root=model_dir)
 
 
-def list_models(model_dir=None, verify=False):
+def list_models(model_dir: str | None = None, verify: bool = False) -> list:
     """[(name, entry dir, manifest, size, intact)]; `verify=True` re-hashes every file."""
     from .exporter import list_models as run
     return run(model_dir, verify=verify)
