@@ -74,14 +74,13 @@ class Stage:
         self.run_tables = []  # this run's own tables besides `groups` (run_table)
         # this run's (message, group) rows; named by host and process, so that the table a killed
         # run leaves behind is recognized and dropped by the next run that opens the stage
-        self.groups = f"groups_{self.key}_{HOST_TAG}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self.groups = self._run_table_name()
         self._file = HeldFile(lambda: open_stage(path, False, lock_timeout))
         with self._connection() as con:
             con.execute("CREATE TABLE IF NOT EXISTS stage_settings (key VARCHAR PRIMARY KEY, settings VARCHAR)")
             con.execute("INSERT OR IGNORE INTO stage_settings VALUES (?, ?)",
                         [self.key, json.dumps(settings, sort_keys=True)])
-            con.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (message_id {id_type} PRIMARY KEY,"
-                        " text_hash VARCHAR, vec FLOAT[])")
+            self._create_partition(con, self.table)
             con.execute(f"CREATE TABLE {self.groups} (message_id {id_type}, group_id {group_type})")
             for (name,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'groups_%'"
                                        ).fetchall():
@@ -112,6 +111,13 @@ class Stage:
     def released(self):
         """Let go of the stage file while inference runs, so another run can use it."""
         return self._file.released()
+
+    def _run_table_name(self):
+        return f"groups_{self.key}_{HOST_TAG}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+    def _create_partition(self, con, name):
+        con.execute(f"CREATE TABLE IF NOT EXISTS {name} (message_id {self.id_type} PRIMARY KEY,"
+                    " text_hash VARCHAR, vec FLOAT[])")
 
     def _partitions(self, con):
         """The key's tables, oldest first."""
@@ -159,8 +165,7 @@ class Stage:
                 target = parts[-1]
                 if con.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0] >= PARTITION_ROWS:
                     target = f"{self.table}_p{len(parts)}"
-                    con.execute(f"CREATE TABLE {target} (message_id {self.id_type} PRIMARY KEY, text_hash VARCHAR,"
-                                " vec FLOAT[])")
+                    self._create_partition(con, target)
                 insert_vectors(con, target, [m for m, _, _ in rows], [h for _, h, _ in rows],
                                np.stack([v for _, _, v in rows]))
                 con.execute("COMMIT")
@@ -170,7 +175,7 @@ class Stage:
     def run_table(self, columns_sql):
         """A table of this run's own in the stage, named like `groups` (so a killed run's is
         dropped by the next run that opens the stage) and dropped with it."""
-        name = f"groups_{self.key}_{HOST_TAG}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        name = self._run_table_name()
         with self._connection() as con:
             con.execute(f"CREATE TABLE {name} ({columns_sql})")
         self.run_tables.append(name)
