@@ -109,6 +109,12 @@ def test_defaults_name_and_schema(corpus, model_cache, tmp_path):
         assert engine.query(f'SELECT count(*) FROM "{FEAT}" WHERE value <> group_norm')[0][0] == 0
         ids = engine.query(f'SELECT min(id), max(id), count(DISTINCT id) FROM "{FEAT}"')[0]
         assert ids == (1, len(rows), len(rows))
+        # SPEC §1: id is the primary key (DuckDB's is added after the rows), group_id and feat indexed
+        keys = engine.query("SELECT constraint_type, constraint_column_names FROM duckdb_constraints()"
+                            " WHERE table_name = ? AND constraint_type = 'PRIMARY KEY'", [FEAT])
+        assert keys == [("PRIMARY KEY", ["id"])]
+        indexed = engine.query("SELECT expressions FROM duckdb_indexes() WHERE table_name = ?", [FEAT])
+        assert sorted(e for (e,) in indexed) == ["[feat]", "[group_id]"]
 
 
 def test_long_sentence_is_chunked_and_one_sentence_message_works(corpus, reference, model_cache):
