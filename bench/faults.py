@@ -34,7 +34,7 @@ MYSQL = {"db_engine": "mysql", "mysql_host": "127.0.0.1", "mysql_port": 3306, "m
 # the parent can act (kill it, kill the server, fill the disk) at exactly that point.
 CHILD = r"""
 import json, sys, time, bertfeat
-from bertfeat.aggregate import groups
+from bertfeat import stage as stage_module
 from bertfeat.tables import Engine, duck, mysql
 spec = json.loads(sys.argv[1])
 hook = spec.get("hook") or ""
@@ -42,17 +42,17 @@ def pause(name):
     print("HOOK", name, flush=True)
     time.sleep(spec.get("sleep", 30))
 if hook.startswith("chunk:"):
-    put, n = groups.Stage.put, [0]
+    put, n = stage_module.Stage.put, [0]
     def put_(self, rows, *more):
         put(self, rows, *more); n[0] += 1
         if n[0] == int(hook[6:]): pause(hook)
-    groups.Stage.put = put_
+    stage_module.Stage.put = put_
 if hook == "staging":  # inside the chunk's transaction: rows deleted, new ones not yet committed
-    ins = groups.insert_columns
+    ins = stage_module.insert_columns
     def ins_(con, table, cols, rows):
         ins(con, table, cols, rows)
         if table.startswith("vec_"): pause(hook)
-    groups.insert_columns = ins_
+    stage_module.insert_columns = ins_
 if hook == "write":  # the feature table half written under its temporary name
     for cls in (duck.DuckEngine, mysql.MySQLEngine):
         def make(orig):

@@ -203,8 +203,8 @@ def stage_writes(n_groups, dims=768, paths=("executemany", "load data")):
     stage -> MySQL, by both paths: `n_groups` groups of one message, `dims`-dim vectors."""
     import numpy as np
 
-    from bertfeat.aggregate.groups import Stage
-    from bertfeat.bert import _write_feature_table
+    from bertfeat.jobs.add_bert import _write_feature_table
+    from bertfeat.stage import Stage
     from bertfeat.tables import connect
     work = tempfile.mkdtemp(prefix="bertfeat-stage-write-")
     stage = Stage(os.path.join(work, "s.duckdb"), {"bench": 1}, "BIGINT", "BIGINT")

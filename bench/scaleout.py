@@ -62,8 +62,8 @@ def part(args):
         ray_start = time.perf_counter() - t
         kw.update(ray="local", workers=args.workers, threads=args.threads)
     elif args.part == "driver":
-        import bertfeat.bert
-        bertfeat.bert._executor_factory = lambda *a, **k: (lambda: NoInference(384))
+        import bertfeat.jobs.add_bert
+        bertfeat.jobs.add_bert._executor_factory = lambda *a, **k: (lambda: NoInference(384))
     else:
         kw.update(threads=args.threads)
     cpu0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

@@ -19,7 +19,7 @@ def build_parser():
         prog="bertfeat",
         description="Contextual-embedding features from messages, DLATK-compatible and fast.",
         allow_abbrev=False)
-    from . import __version__
+    from .version import __version__
     p.add_argument("--version", action="version", version=f"bertfeat {__version__}")
     corpus = p.add_argument_group("Corpus Variables", "where the messages are")
     corpus.add_argument("-d", "--corpdb", metavar="DB", help="database (DuckDB: the file <db_dir>/DB.duckdb)")

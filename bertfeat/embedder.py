@@ -1,6 +1,6 @@
 """Messages (lists of sentences) -> message vectors: the math of --add_bert in one object.
 
-The job (bert.py) reads tables, stages and writes; this holds the encoder session, the window
+The job (jobs/add_bert.py) reads tables, stages and writes; this holds the encoder session, the window
 template and the reduction settings, and is all a worker needs: the local loop calls it chunk by
 chunk, and a distributed executor can build the same object inside each worker.
 

@@ -176,7 +176,7 @@ def fingerprint(src, depth, precision, root=None):
     manifest but are not part of the key: a cache copied to a machine without torch must still
     be found there by its key, and that machine cannot know which torch the exporter had.
     """
-    from . import __version__
+    from .version import __version__
     h = hashlib.sha256()
     memo = _HashMemo(model_dir(root) / ".source_hashes.json")
     for p in source_files(src):

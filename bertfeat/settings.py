@@ -1,4 +1,5 @@
-"""What shapes a feature table (SPEC §3), declared once and validated at the door.
+"""What shapes a feature table (SPEC §3), and how a run computes it: each declared once, in one
+frozen object validated at the door (`BertSettings`, `RunConfig`).
 
     settings = BertSettings(model="sentence-transformers/all-MiniLM-L6-v2", layers=(-2,))
     settings = settings.for_model(n_layers=6)   # layers resolved: (4,)
@@ -8,11 +9,13 @@ Every rule that does not need the model is checked when the object is made; the 
 once the model's depth is known (`for_model`). The feature name, the table name and the stage
 key derive from it, so two runs with equal settings always meet in the same table and stage.
 """
+from __future__ import annotations
+
 import hashlib
 from dataclasses import dataclass, replace
 
 from .aggregate import ABBR, AGGREGATIONS, LAYER_AGGREGATIONS
-from .errors import BertfeatError, param
+from .errors import DEVICES, BertfeatError, param, unknown_device
 from .models import canonical_name, check_precision, layer_out_of_range, short_name
 from .tables import MAX_NAME
 
@@ -112,6 +115,36 @@ class BertSettings:
                 "layer_aggregation": self.layer_aggregation, "word_aggregation": self.word_aggregation,
                 "no_context": self.no_context, **({"dlatk_compat": True} if self.dlatk_compat else {}),
                 **({"tokenizer": self.tokenizer, "tokenizer_sha256": tokenizer_sha256} if self.tokenizer else {})}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a run computes, never what it writes (that is `BertSettings`): any of these gives the
+    same table. Validated when made; the job resolves `device` ('auto') once it knows the precision.
+
+    device: 'cpu', 'cuda' or 'auto'; threads: ONNX Runtime threads per session (default: the
+    physical cores); batch_tokens: padded tokens per inference batch (default
+    runtime.DEFAULT_BATCH_TOKENS); chunk_messages: messages read, embedded and staged together;
+    ray: 'local', 'auto' or host:port of a Ray cluster (None: this process); workers: Ray actors.
+    """
+    device: str = "cpu"
+    threads: int | None = None
+    batch_tokens: int | None = None
+    chunk_messages: int = 256
+    ray: str | None = None
+    workers: int | None = None
+
+    def __post_init__(self):
+        for flag, value in (("--threads", self.threads), ("--batch_tokens", self.batch_tokens),
+                            ("--chunk_messages", self.chunk_messages), ("--workers", self.workers)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise BertfeatError(f"{param(flag)} must be a positive whole number (got {value!r}); leave it"
+                                    " out for the default")
+        if self.device not in DEVICES:
+            raise unknown_device(self.device)
+        if self.workers is not None and self.ray is None:
+            raise BertfeatError(f"{param('--workers')} is the number of Ray workers: it needs"
+                                f" {param('--ray', 'local')}")
 
 
 def run_table_name(kind, featname, table, correl=None, max_len=MAX_NAME):

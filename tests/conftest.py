@@ -124,7 +124,7 @@ def msgs100u_features(msgs_csv, tmp_path_factory):
 # A child process's prelude that prints "staged N" after each batch of vectors the stage commits.
 NOISY_STAGE = """
 import sys, bertfeat
-from bertfeat.aggregate.groups import Stage
+from bertfeat.stage import Stage
 put = Stage.put
 def noisy(self, rows, *more):
     put(self, rows, *more)

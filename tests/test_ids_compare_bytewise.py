@@ -151,7 +151,7 @@ def test_streamed_csv_never_hangs_and_never_hides_a_short_file(tmp_path):
 def test_a_stage_failing_mid_load_leaves_no_table(tmp_path, mysql_db, monkeypatch):
     """A failure while the stage's rows stream into LOAD DATA: the error is raised, nothing of the
     half-loaded table is committed or left behind, and a run after it writes the whole table."""
-    from bertfeat.aggregate.groups import Stage
+    from bertfeat.stage import Stage
     db, conn = mysql_db
     rows = [{"message_id": k + 1, "user_id": k % 3, "message": f"Post {k}. Two sentences."} for k in range(9)]
     bertfeat.import_csv(db, "msgs", str(write_rows_csv(tmp_path / "m.csv", rows)), progress=False, **conn)

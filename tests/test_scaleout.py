@@ -42,8 +42,8 @@ def test_ray_gives_the_local_table(precision, engine, tiny, tmp_path, request, m
         db, conn = request.getfixturevalue("mysql_db")
     else:
         db, conn = "r", {"db_engine": "duckdb", "db_dir": str(tmp_path)}
-    import bertfeat.bert
-    parsed = bertfeat.bert._parsed
+    import bertfeat.jobs.add_bert as job
+    parsed = job._parsed
     bertfeat.import_csv(db, "msgs", MSGS_CSV, progress=False, **conn)
     bertfeat.add_sent_tokenized(db, "msgs", progress=False, **conn)
     kw = dict(bert_model=tiny, bert_layers=[0, 2], precision=precision, model_dir=str(tmp_path / "models"),
@@ -51,7 +51,7 @@ def test_ray_gives_the_local_table(precision, engine, tiny, tmp_path, request, m
     local = bertfeat.add_bert(db, "msgs", "user_id", stage_dir=str(tmp_path / "local"), **kw)
     expected = {t: rows(db, conn, local[t]) for t in ("table", "message_table")}
     driver_reads = []
-    monkeypatch.setattr(bertfeat.bert, "_parsed", lambda *a: driver_reads.append(1) or parsed(*a))
+    monkeypatch.setattr(job, "_parsed", lambda *a: driver_reads.append(1) or parsed(*a))
     capsys.readouterr()
     remote = bertfeat.add_bert(db, "msgs", "user_id", stage_dir=str(tmp_path / "ray"), ray="local", workers=2,
                                threads=1, chunk_messages=64, **{**kw, "progress": True})

@@ -1,11 +1,11 @@
-"""The stage's partitions (aggregate/groups.PARTITION_ROWS): a stage split over several tables
+"""The stage's partitions (bertfeat/stage.PARTITION_ROWS): a stage split over several tables
 gives the same feature tables as one table, reuses every vector on a rerun, and keeps one row
 per message when a message's text changes."""
 import duckdb
 import numpy as np
 
 import bertfeat
-from bertfeat.aggregate import groups
+from bertfeat import stage as stage_module
 from bertfeat.tables import connect
 
 from tiny_models import TEXT
@@ -32,7 +32,7 @@ def test_a_partitioned_stage_gives_the_same_tables_and_reuses_them(tiny_bert_mod
     whole = _run(conn, tiny_bert_model, tmp_path, "one")
     expected = {t: _table(conn, whole[t]) for t in ("table", "message_table")}
 
-    monkeypatch.setattr(groups, "PARTITION_ROWS", 7)
+    monkeypatch.setattr(stage_module, "PARTITION_ROWS", 7)
     split = _run(conn, tiny_bert_model, tmp_path, "split")
     stage_file = str(tmp_path / "split" / "p.bertfeat_stage.duckdb")
     with duckdb.connect(stage_file, read_only=True) as con:

@@ -119,7 +119,7 @@ def test_tokens_and_word_types_match_independent_computations(family, engine_nam
 
 @pytest.mark.unit
 def test_each_piece_gets_its_words_text():
-    from bertfeat.tokens import _words
+    from bertfeat.jobs.tokens import _words
     text = "Dragonswood site, isn't it?"
     # pieces: dragons ##wood site , isn ' t it ?  (word ids as a BERT pre-tokenizer gives them)
     word_ids = [0, 0, 1, 2, 3, 4, 5, 6, 7]

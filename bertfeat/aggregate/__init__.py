@@ -2,7 +2,7 @@
 
 token vectors [N, L, H] --layer aggregation--> [N, D_tok] --word aggregation per sentence-->
 [S, D_sent] --mean per message--> [M, D_sent]: numba kernels in `kernels.py`. Group (message)
-aggregation runs in DuckDB over the staged message vectors (`groups.py`), since it streams
+aggregation runs in DuckDB over the staged message vectors (`bertfeat/stage.py`), since it streams
 over tables larger than memory.
 """
 AGGREGATIONS = ("mean", "median", "max", "min", "sum", "std")

@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..errors import BertfeatError
 from ..models import (FAMILIES, INT8_PAYS, MANIFEST, MIN_COSINE, cosine, OFFLINE_PACKAGES, OPSET, canonical_name,
                       check_precision, config_layers, entry_is_intact, file_sha256, fingerprint,
@@ -566,7 +566,7 @@ def _derive(name, precision, depth, root, force, recipes):
     """A reduced-precision cache entry made from the fp32 export by the first of `recipes`
     (`Recipe`s) that agrees with fp32 on every layer, else by the one that agrees on the most
     layers. Agreement is measured per layer on this machine (window cosine, see `_agreement`)
-    and recorded; runs asking for a layer below MIN_COSINE are refused (bert.py), and an export
+    and recorded; runs asking for a layer below MIN_COSINE are refused (jobs/add_bert.py), and an export
     whose first layer is already below it is not kept."""
     fp32_entry = export(name, "fp32", depth, root, force)
     fp32 = read_manifest(fp32_entry)

@@ -118,8 +118,8 @@ class _Worker:
         """Read shard k = [lo, hi) of the message table straight from the MySQL server; keep its
         texts here for embed_shard; return what the driver needs: [(message_id, group_id, (k, text
         hash), text hash)], rows read, {why skipped: n}."""
-        from ..bert import parse_rows
         from ..tables.mysql import MySQLEngine
+        from ..text.sentences import parse_rows
         k, lo, hi = shard
         db, conn, source, fields, from_stoks = args
         if self.engine is None:  # not tables.connect: its drop_stale_temps would judge the driver's temps from here
@@ -293,8 +293,8 @@ def _get(ray, ref, kept="the vectors staged so far"):
 
 
 def _split_task(rows, msg_index):
-    from ..api import _split_rows
-    return _split_rows(rows, msg_index)
+    from ..text.sentences import split_rows
+    return split_rows(rows, msg_index)
 
 
 def split_on_ray(batches, msg_index, address, workers, released):

@@ -21,7 +21,7 @@ TEMP_RE = re.compile(rf"^{TEMP_PREFIX}([0-9a-f]{{8}})_([0-9]+)_[0-9a-f]{{8}}$")
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
-def _alive(pid):
+def alive(pid):
     try:
         os.kill(pid, 0)
         return True
@@ -231,7 +231,7 @@ class Engine:
         """Drop temporary tables of processes on this host that no longer run (killed runs)."""
         for name in self.tables():
             m = TEMP_RE.match(name)
-            if m and m.group(1) == HOST_TAG and not _alive(int(m.group(2))):
+            if m and m.group(1) == HOST_TAG and not alive(int(m.group(2))):
                 self.drop_table(name)
                 self.commit()
 
@@ -287,7 +287,7 @@ class Engine:
         import json
         import time
 
-        from .. import __version__
+        from ..version import __version__
         text, runs = self.long_text_type, self.q(RUNS_TABLE)
         self.execute(f"CREATE TABLE IF NOT EXISTS {runs} (feat_table VARCHAR({MAX_NAME}), created DOUBLE,"
                      f" bertfeat_version VARCHAR(32), featname {text}, settings {text}, summary {text})"

@@ -5,20 +5,21 @@ each chunk finishes, so a killed run resumes where it stopped and memory stays b
 chunk, not the table. The feature table is built from the stage, written under a temporary
 name and renamed, so a half-written table never looks complete.
 """
-import hashlib
-import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from .aggregate.groups import Stage, open_stage
-from .errors import DEVICES, BertfeatError, first_line, param, unknown_device
-from .models import INT8_PAYS, cosine, file_sha256, layer_count, locate
-from .progress import Progress, notice
-from .settings import DEFAULT_MODEL, BertSettings
-from .tables import check_connection_keywords, check_name, connect
+from ..stage import Stage, open_stage
+from ..errors import BertfeatError, first_line, param
+from ..models import INT8_PAYS, cosine, file_sha256, layer_count, locate
+from ..progress import Progress, notice
+from ..scaleout import check_cluster
+from ..settings import DEFAULT_MODEL, BertSettings, RunConfig
+from ..tables import check_connection_keywords, check_name, connect
+from ..text.sentences import parse_rows
 
 def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_layers=None,
              bert_layer_aggregation=None, bert_word_aggregation=None, bert_msg_aggregation=None,
@@ -42,10 +43,10 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
     settings = BertSettings.from_flags(bert_model, bert_layers, bert_layer_aggregation, bert_word_aggregation,
                                        bert_msg_aggregation, bert_no_context, precision, dlatk_compat,
                                        bert_tokenizer_model)
-    _check_counts({"--batch_tokens": batch_tokens, "--threads": threads, "--chunk_messages": chunk_messages})
+    run = RunConfig(device, threads, batch_tokens, chunk_messages, ray, workers)
     check_connection_keywords(conn, add_bert)
-    check_ray(ray, workers)
-    device = _device(device, settings.precision, here=ray is None)
+    check_cluster(run.ray)
+    run = _device(run, settings.precision)
     correl_field = _one(correl_field)
     check_name(table, "table name")
     check_name(correl_field, "correl field")
@@ -69,12 +70,11 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
         stage = Stage(stage_path, key, id_type, group_type, lock_timeout=conn.get("lock_timeout"))
 
         made = []  # the executor, once one is needed (a Ray pool is closed when the job ends)
-        make_executor = _executor_factory(entry, settings, tokenizer, device, threads, batch_tokens, ray, workers,
-                                          made)
+        make_executor = _executor_factory(entry, settings, tokenizer, run, made)
         try:
-            shard_reads = conn if ray is not None and engine.kind == "mysql" else None
+            shard_reads = conn if run.ray is not None and engine.kind == "mysql" else None
             counts, executor = _stage_messages(engine, stage, source, fields, source != table, make_executor,
-                                               chunk_messages, progress, shard_reads)
+                                               run.chunk_messages, progress, shard_reads)
         finally:
             for e in made:
                 if hasattr(e, "close"):
@@ -85,10 +85,10 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
             _write_feature_table(engine, stage, msg_table, stage.message_features_sql, (), types[messageid_field])
         kept = {}
         if bert_keep_tokens or bert_word_types:
+            here = run if run.ray is None else _device(replace(run, ray=None, workers=None), settings.precision)
             kept = _keep_tokens(engine, stage, settings, table, source, fields, types, bert_keep_tokens,
-                                bert_word_types, _local_embedder(entry, settings, tokenizer, device if ray is None else
-                                                _device(device, settings.precision), threads, batch_tokens),
-                                chunk_messages, progress)
+                                bert_word_types, _local_embedder(entry, settings, tokenizer, here),
+                                run.chunk_messages, progress)
         stage.drop_groups()
         summary = {"table": feat_table, "message_table": msg_table if bert_keep_msg else None,
                    "groups": engine.query(f"SELECT count(DISTINCT group_id) FROM {engine.q(feat_table)}")[0][0],
@@ -102,38 +102,40 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
     return summary
 
 
-def _executor_factory(entry, settings, tokenizer, device, threads, batch_tokens, ray, workers, made):
+def _executor_factory(entry, settings, tokenizer, run, made):
     """A function making the executor when the first chunk needs inference: the MessageEmbedder
-    run in this process, or with `ray` the same object inside Ray actors (scaleout/ray_pool.py)."""
+    run in this process, or with `run.ray` the same object inside Ray actors (scaleout/ray_pool.py)."""
     def make():
-        if ray is not None:
-            from .scaleout.ray_pool import RayEmbedder
-            made.append(RayEmbedder(entry, address=ray, workers=workers, threads=threads, layers=settings.layers,
-                                    layer_aggregation=settings.layer_aggregation,
-                                    word_aggregation=settings.word_aggregation, no_context=settings.no_context,
-                                    device=device, batch_tokens=batch_tokens, dlatk_compat=settings.dlatk_compat,
-                                    tokenizer=tokenizer if settings.tokenizer else None))
+        if run.ray is not None:
+            from ..scaleout.ray_pool import RayEmbedder
+            made.append(RayEmbedder(entry, address=run.ray, workers=run.workers, threads=run.threads,
+                                    **_embedder_keywords(settings, tokenizer, run)))
         else:
-            from .embedder import InlineExecutor
-            made.append(InlineExecutor(_local_embedder(entry, settings, tokenizer, device, threads, batch_tokens)))
+            from ..embedder import InlineExecutor
+            made.append(InlineExecutor(_local_embedder(entry, settings, tokenizer, run)))
         return made[-1]
     return make
 
 
-def _local_embedder(entry, settings, tokenizer, device, threads, batch_tokens):
+def _embedder_keywords(settings, tokenizer, run):
+    """MessageEmbedder's keywords but `threads`: a local run and the Ray actors build it alike."""
+    return dict(layers=settings.layers, layer_aggregation=settings.layer_aggregation,
+                word_aggregation=settings.word_aggregation, no_context=settings.no_context, device=run.device,
+                batch_tokens=run.batch_tokens, dlatk_compat=settings.dlatk_compat,
+                tokenizer=tokenizer if settings.tokenizer else None)
+
+
+def _local_embedder(entry, settings, tokenizer, run):
     """The MessageEmbedder of `settings`, in this process."""
-    from .embedder import MessageEmbedder
-    return MessageEmbedder(entry, layers=settings.layers, layer_aggregation=settings.layer_aggregation,
-                           word_aggregation=settings.word_aggregation, no_context=settings.no_context, device=device,
-                           threads=threads, batch_tokens=batch_tokens, dlatk_compat=settings.dlatk_compat,
-                           tokenizer=tokenizer if settings.tokenizer else None)
+    from ..embedder import MessageEmbedder
+    return MessageEmbedder(entry, threads=run.threads, **_embedder_keywords(settings, tokenizer, run))
 
 
 def _keep_tokens(engine, stage, settings, table, source, fields, types, keep_tokens, word_types, embedder,
                  chunk_messages, progress):
     """--bert_keep_tokens / --bert_word_types: another pass over the messages (tokens.py)."""
     from . import tokens
-    from .settings import run_table_name
+    from ..settings import run_table_name
     featname = settings.feature_name(per_message=True)
     token_table = check_name(run_table_name("tok", featname, table), "token table name") if keep_tokens else None
     word_table = (check_name(run_table_name("wt", featname, table, fields[1]), "word-type table name")
@@ -162,43 +164,23 @@ def _table_names(engine, settings, table, source, correl_field, messageid_field,
     return feat_table, msg_table
 
 
-def check_ray(ray, workers):
-    """--ray not installed, an address that answers nothing, --workers without --ray or not a
-    positive whole number: one line now, before any work."""
-    _check_counts({"--workers": workers})
-    if ray is not None:
-        from .scaleout.ray_pool import check_reachable, import_ray
-        import_ray()
-        check_reachable(ray)
-    elif workers is not None:
-        raise BertfeatError(f"{param('--workers')} is the number of Ray workers: it needs {param('--ray', 'local')}")
-
-
-def _check_counts(values):
-    for flag, value in values.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise BertfeatError(f"{param(flag)} must be a positive whole number (got {value!r}); leave it"
-                                " out for the default")
-
-
-def _device(device, precision, here=True):
-    """The device to run on; a missing CUDA provider is an error before any work. With `here`
-    False (--ray), the workers' nodes have the GPUs: the Ray executor places and checks them."""
-    from .runtime import resolve_device
+def _device(run, precision):
+    """`run` with the device to run on; a missing CUDA provider is an error before any work. With
+    --ray, the workers' nodes have the GPUs: the Ray executor places and checks them."""
+    from ..runtime import resolve_device
+    device = run.device
     if precision == "int8" and device == "cuda":
         raise BertfeatError(f"{param('--precision', 'int8')} runs on the CPU: use {param('--device', 'cpu')},"
                             " or fp32/fp16 on CUDA")
     if precision == "int8" and device == "auto":
         device = "cpu"  # int8 sessions are CPU sessions
-    if not here:
-        if device not in DEVICES:
-            raise unknown_device(device)
-        return device
+    if run.ray is not None:
+        return replace(run, device=device)
     device = resolve_device(device)
     if precision == "fp16" and device == "cpu":
         notice(f"{param('--precision', 'fp16')} is meant for {param('--device', 'cuda')}: on the CPU it"
                " is slower than fp32")
-    return device
+    return replace(run, device=device)
 
 
 def _norm_class(name):
@@ -229,7 +211,7 @@ def _tokenizer_file(tokenizer_model, entry):
         return own
     folder = tokenizer_model
     if not os.path.isdir(folder):
-        from . import exporter
+        from .. import exporter
         try:
             folder = exporter.resolve_source(tokenizer_model)
         except ImportError:
@@ -239,7 +221,7 @@ def _tokenizer_file(tokenizer_model, entry):
     if not os.path.isfile(path):
         raise BertfeatError(f"{param('--bert_tokenizer_model', tokenizer_model)}: no tokenizer.json in {folder}"
                             " (save one with transformers: AutoTokenizer.from_pretrained(...).save_pretrained(folder))")
-    from .text.windows import load_tokenizer
+    from ..text.windows import load_tokenizer
     flag = param('--bert_tokenizer_model', tokenizer_model)
     try:
         vocab = load_tokenizer(path).get_vocab()
@@ -297,8 +279,8 @@ def _message_source(engine, table, fields):
 def _model(settings, model_dir):
     """(settings with layers resolved, cache entry, manifest): exported when needed and torch is
     here; a reduced-precision layer that does not agree with fp32 is a one-line error."""
-    from . import exporter  # exports when torch is here; runs never need it
-    from .models import MIN_COSINE, read_manifest, usable_layers
+    from .. import exporter  # exports when torch is here; runs never need it
+    from ..models import MIN_COSINE, read_manifest, usable_layers
     can_export = exporter.available()
     n_layers = layer_count(settings.model, model_dir, exporter.resolve_source if can_export else None)
     settings = settings.for_model(n_layers)
@@ -419,24 +401,6 @@ def _parsed(batches, from_stoks):
         yield batch, len(rows), skipped
 
 
-def parse_rows(rows, from_stoks, last_id=None):
-    """A chunk's usable messages [(message_id, group_id, sentences, text hash)], the last id
-    seen, and {why skipped: n}; what the driver does with rows it reads, and a Ray worker with
-    the rows of its shard."""
-    batch, skipped = [], {}
-    for mid, gid, message in rows:
-        why = ("repeated message_id" if mid == last_id  # rows come in id order: repeats are adjacent
-               else "NULL group id" if gid is None else "NULL message" if message is None else None)
-        last_id = mid
-        sents = None if why else _sentences(message, from_stoks)
-        if sents is None:
-            why = why or "invalid JSON in _stoks"
-            skipped[why] = skipped.get(why, 0) + 1
-            continue
-        batch.append((mid, gid, sents, _text_hash(sents)))
-    return batch, last_id, skipped
-
-
 def _reuse_staged(stage, batch, waiting, counts):
     """Stage what a chunk's messages [(message_id, group_id, sentences, text hash)] can take from
     the stage (the same message with the same text, or another message's identical text), in one
@@ -464,28 +428,6 @@ def _reuse_staged(stage, batch, waiting, counts):
 def _duck_type(sql_type):
     t = sql_type.lower()
     return "BIGINT" if "int" in t else "VARCHAR"
-
-
-def _text_hash(sents):
-    return hashlib.sha1(json.dumps(sents, ensure_ascii=False).encode()).hexdigest()
-
-
-def _sentences(message, from_stoks):
-    """Sentences of a row: the JSON array of a _stoks row, or split on the fly. None = unusable."""
-    if message is None:
-        return None
-    if from_stoks:
-        if isinstance(message, (bytes, bytearray)):
-            message = bytes(message).decode("utf-8", errors="replace")
-        try:
-            sents = json.loads(message)
-        except ValueError:
-            return None
-        if not isinstance(sents, list) or not all(isinstance(s, str) for s in sents):
-            return None
-        return [s for s in sents if s.strip()]
-    from .text.sentences import split_sentences
-    return split_sentences(message)
 
 
 def _write_feature_table(engine, stage, out_table, make_sql, extra, group_sql_type):

@@ -16,11 +16,11 @@ import uuid
 import duckdb
 import numpy as np
 
-from ..errors import BertfeatError, first_line
-from ..tables import HOST_TAG, _alive
-from ..tables.duck import (DUCKDB_CONFIG, HeldFile, insert_columns, insert_vectors, insert_with_vectors,
-                           waiting_for_lock)
-from . import ABBR
+from .errors import BertfeatError, first_line
+from .tables import HOST_TAG, alive
+from .tables.duck import (DUCKDB_CONFIG, HeldFile, insert_columns, insert_vectors, insert_with_vectors,
+                          waiting_for_lock)
+from .aggregate import ABBR
 
 DUCK_AGG = {"mean": "avg", "median": "median", "max": "max", "min": "min", "sum": "sum",
             "std": "stddev_pop"}
@@ -85,7 +85,7 @@ class Stage:
             for (name,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'groups_%'"
                                        ).fetchall():
                 m = _GROUPS_RE.match(name)
-                if m and m.group(1) == HOST_TAG and not _alive(int(m.group(2))):
+                if m and m.group(1) == HOST_TAG and not alive(int(m.group(2))):
                     con.execute(f"DROP TABLE IF EXISTS {name}")
 
     @contextlib.contextmanager

@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 
-from .aggregate.groups import DUCK_AGG
-from .aggregate.kernels import token_vectors
-from .progress import Progress, notice
+from ..stage import DUCK_AGG
+from ..aggregate.kernels import token_vectors
+from ..progress import Progress, notice
 
 
 TOKEN_COLUMNS = ["message_id", "sentence", "token", "piece", "word_index", "word"]  # and vec
