@@ -38,7 +38,9 @@ def main():
     args = ap.parse_args()
     import onnxruntime as ort
 
-    from bertfeat.exporter import _agreement, _fused_source, agreement_feeds, export, int8, int8_recipes
+    from bertfeat.exporter import agreement_feeds, export, int8, int8_recipes
+    from bertfeat.exporter.graph import fused_source
+    from bertfeat.exporter.validate import agreement
     from bertfeat.models import read_manifest
     from bertfeat.runtime import Encoder, int8_dot_is_exact
     fp32 = export(MODEL, "fp32", 6, args.model_dir)
@@ -53,7 +55,7 @@ def main():
     feeds = agreement_feeds(fp32 / "tokenizer.json", manifest["inputs"], 6, manifest["max_positions"])
     rows = [("fp32 (batched)", fp32, None)]
     kept = fp32 / "model.onnx"
-    fused = _fused_source(fp32, manifest, work / "fused.onnx")[0]
+    fused = fused_source(fp32, manifest, work / "fused.onnx")[0]
     recipes = [(r.label.split("-smooth")[0], r.convert, r.per_window, fused if r.graph == "fused" else kept)
                for r in int8_recipes()]
     if args.ffn_outputs_int8:
@@ -73,7 +75,7 @@ def main():
         shutil.copy(fp32 / "tokenizer.json", folder)
         (folder / "manifest.json").write_text(json.dumps({**manifest, "precision": "int8", "per_window": per_window}))
         convert(source, folder / "model.onnx", feeds)
-        gate, _ = _agreement(fp32, folder / "model.onnx", manifest, "int8")
+        gate, _ = agreement(fp32, folder / "model.onnx", manifest, "int8")
         rows.append((label, folder, gate))
     print(f"# {cpu_isa()}; exact int8 sums (8-bit weights allowed): {int8_dot_is_exact()}; {os.cpu_count()} CPUs;"
           f" onnxruntime {ort.__version__}; {len(windows)} msgs100u windows, {tokens} real tokens; all 6 layers"

@@ -116,5 +116,5 @@ def export_model(bert_model: str, precision: str = "fp32", model_dir: str | None
 
 def list_models(model_dir: str | None = None, verify: bool = False) -> list:
     """[(name, entry dir, manifest, size, intact)]; `verify=True` re-hashes every file."""
-    from .exporter import list_models as run
+    from .models import list_models as run
     return run(model_dir, verify=verify)

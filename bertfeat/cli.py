@@ -230,20 +230,20 @@ def _list_models(args, progress):
 
 def _entry_info(manifest):
     """Depth, precision and agreement with its reference (PyTorch for fp32, fp32 otherwise)."""
-    from .models import cosine, usable_layers
+    from .models import cosine
     per_layer = manifest.get("fp32_layer_cosine")
-    if manifest["precision"] == "fp32":
+    if manifest.precision == "fp32":
         agreement = f"max error {manifest['validation_max_error']:.1e}"
     else:
         cosines = (" ".join(f"L{k} {cosine(c)}" for k, c in enumerate(per_layer)) if per_layer
                    else f"{manifest.get('fp32_min_window_cosine', float('nan')):.4f}")
-        usable = " ".join(map(str, usable_layers(manifest))) or "none"
+        usable = " ".join(map(str, manifest.usable_layers())) or "none"
         agreement = f"min cosine to fp32 {cosines} (usable layers: {usable})"
-        if "speedup_vs_fp32" in manifest:
-            agreement += f"; {manifest['speedup_vs_fp32']}x fp32's speed at export"
-        if manifest.get("int8_fp32_matmuls"):
-            agreement += f"; {len(manifest['int8_fp32_matmuls'])} MatMuls kept fp32"
-    return f"depth {manifest['depth']}/{manifest['layers']} {manifest['precision']} {agreement}"
+        if manifest.speedup_vs_fp32 is not None:
+            agreement += f"; {manifest.speedup_vs_fp32}x fp32's speed at export"
+        if manifest.fp32_matmuls:
+            agreement += f"; {len(manifest.fp32_matmuls)} MatMuls kept fp32"
+    return f"depth {manifest.depth}/{manifest.layers} {manifest.precision} {agreement}"
 
 
 def _add_bert(args, progress):

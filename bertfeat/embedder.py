@@ -7,6 +7,11 @@ chunk, and a distributed executor can build the same object inside each worker.
     embedder = MessageEmbedder(entry, layers=[4])
     vectors = embedder([["First sentence.", "Second one."], ["A message of one sentence."]])
 """
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
 import numpy as np
 
 from .aggregate.kernels import message_vectors, sentence_vectors
@@ -18,10 +23,12 @@ class MessageEmbedder:
     """SPEC §3 up to the message: sentences -> word pieces -> windows -> the chosen layers'
     token vectors -> layer and word reductions -> the mean over the message's sentences."""
 
-    def __init__(self, entry, layers, layer_aggregation=("concatenate",), word_aggregation=("mean",),
-                 no_context=False, device="cpu", threads=None, batch_tokens=None, dlatk_compat=False,
-                 tokenizer=None):
-        self.encoder = Encoder(entry, device=device, threads=threads, batch_tokens=batch_tokens)
+    def __init__(self, entry: str | os.PathLike, layers: Sequence[int],
+                 layer_aggregation: Sequence[str] = ("concatenate",), word_aggregation: Sequence[str] = ("mean",),
+                 no_context: bool = False, device: str = "cpu", threads: int | None = None,
+                 batch_tokens: int | None = None, dlatk_compat: bool = False,
+                 tokenizer: str | os.PathLike | None = None, manifest: dict | None = None):
+        self.encoder = Encoder(entry, device=device, threads=threads, batch_tokens=batch_tokens, manifest=manifest)
         # the export's tokenizer, or another model's (DLATK's --tokenizer_model)
         self.tokenizer = windows.load_tokenizer(tokenizer or entry / "tokenizer.json")
         self.template = windows.learn_template(self.tokenizer)
@@ -33,7 +40,15 @@ class MessageEmbedder:
         self.dlatk_compat = dlatk_compat  # DLATK 1.3.15's windows and token positions (windows.dlatk_plan)
         self.piece_vectors = {}  # --bert_no_context: word piece id -> [layers, H], computed once
 
-    def __call__(self, messages):
+    @classmethod
+    def for_run(cls, model, settings, run) -> MessageEmbedder:
+        """A job's embedder: `model` (models.ResolvedModel), `settings` (settings.BertSettings, what
+        shapes the vectors), `run` (settings.RunConfig, how they are computed)."""
+        return cls(model.entry, model.layers, settings.layer_aggregation, settings.word_aggregation,
+                   settings.no_context, run.device, run.threads, run.batch_tokens, settings.dlatk_compat,
+                   None if model.own_tokenizer else model.tokenizer, manifest=model.manifest)
+
+    def __call__(self, messages: Sequence[Sequence[str]]) -> list[np.ndarray | None]:
         """One vector per message (a list of sentences); None for a message with no word pieces."""
         per_message = self.pieces(messages)
         tokens = self.token_states(per_message)
@@ -49,11 +64,11 @@ class MessageEmbedder:
             out[m] = vec
         return out
 
-    def token_states(self, per_message):
+    def token_states(self, per_message: list) -> list[np.ndarray]:
         """Token vectors [n, layers, H] of each sentence (as word pieces) of each message, in order."""
         return self._context_free(per_message) if self.no_context else self._in_context(per_message)
 
-    def pieces(self, messages):
+    def pieces(self, messages: Sequence[Sequence[str]]) -> list:
         """Per message, its sentences as word pieces, long ones cut (windows.split_long)."""
         flat = [s for sents in messages for s in sents]
         pieces = windows.word_pieces(self.tokenizer, flat) if flat else []

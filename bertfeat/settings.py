@@ -25,14 +25,14 @@ DEFAULT_MODEL = "base-uncased"  # DLATK's default (bert-base-uncased)
 @dataclass(frozen=True)
 class BertSettings:
     model: str = DEFAULT_MODEL
-    layers: tuple = None  # 0-based blocks, negatives from the end; None = the second-to-last
-    layer_aggregation: tuple = ("concatenate",)
-    word_aggregation: tuple = ("mean",)
-    msg_aggregation: tuple = ("mean",)
+    layers: tuple[int, ...] | None = None  # 0-based blocks, negatives from the end; None = the second-to-last
+    layer_aggregation: tuple[str, ...] = ("concatenate",)
+    word_aggregation: tuple[str, ...] = ("mean",)
+    msg_aggregation: tuple[str, ...] = ("mean",)
     no_context: bool = False
     precision: str = "fp32"
     dlatk_compat: bool = False  # DLATK 1.3.15's token positions (text/windows.dlatk_plan), not SPEC §3's
-    tokenizer: str = None  # another model's tokenizer (DLATK's --tokenizer_model); None = the model's own
+    tokenizer: str | None = None  # another model's tokenizer (DLATK's --tokenizer_model); None = the model's own
 
     def __post_init__(self):
         if not self.model or not isinstance(self.model, str):
@@ -62,15 +62,16 @@ class BertSettings:
                                 f" {param('--bert_no_context')} or {param('--dlatk_compat')}")
 
     @classmethod
-    def from_flags(cls, bert_model=DEFAULT_MODEL, bert_layers=None, bert_layer_aggregation=None,
-                   bert_word_aggregation=None, bert_msg_aggregation=None, bert_no_context=False,
-                   precision="fp32", dlatk_compat=False, bert_tokenizer_model=None):
+    def from_flags(cls, bert_model: str = DEFAULT_MODEL, bert_layers=None, bert_layer_aggregation=None,
+                   bert_word_aggregation=None, bert_msg_aggregation=None, bert_no_context: bool = False,
+                   precision: str = "fp32", dlatk_compat: bool = False,
+                   bert_tokenizer_model: str | None = None) -> BertSettings:
         """From the flag-named keywords of the CLI and the API (None = the default)."""
         return cls(bert_model, bert_layers, bert_layer_aggregation or ("concatenate",),
                    bert_word_aggregation or ("mean",), bert_msg_aggregation or ("mean",),
                    bert_no_context, precision, dlatk_compat, bert_tokenizer_model)
 
-    def for_model(self, n_layers):
+    def for_model(self, n_layers: int) -> BertSettings:
         """The same settings with the layers resolved for a model of `n_layers` blocks: SPEC §3,
         0 = the first block's output, negatives from the end; deduplicated and sorted."""
         layers = self.layers or (n_layers - 2 if n_layers > 1 else 0,)
@@ -80,11 +81,11 @@ class BertSettings:
         return replace(self, layers=tuple(sorted({k % n_layers for k in layers})))
 
     @property
-    def depth(self):
+    def depth(self) -> int:
         """Blocks a run needs: up to the deepest layer asked for (after `for_model`)."""
         return max(self.layers) + 1
 
-    def feature_name(self, per_message=False):
+    def feature_name(self, per_message: bool = False) -> str:
         """SPEC §3 featname; `per_message` gives the message-level table's (no message
         aggregation). Reduced precision appends `_int8` / `_fp16`, so it never overwrites the
         fp32 table of the same settings."""
@@ -101,16 +102,16 @@ class BertSettings:
             name += "_tok_" + short_name(self.tokenizer)
         return name
 
-    def table_name(self, table, correl, per_message=False):
+    def table_name(self, table: str, correl: str, per_message: bool = False) -> str:
         return table_name(self.feature_name(per_message), table, correl)
 
-    def stage_key(self, manifest, id_type, tokenizer_sha256=None):
+    def stage_key(self, manifest: dict, id_type: str, tokenizer_sha256: str | None = None) -> dict:
         """What a staged message vector depends on: the model export (its fingerprint and the
         graph's content hash, so vectors from any other file, a corrupted one included, are
         never reused), the message-id type, and every setting up to the message vector (the
         message aggregation is applied later, from the stage)."""
-        return {"model": self.model, "fingerprint": manifest["fingerprint"],
-                "model_sha256": manifest["files"]["model.onnx"], "id_type": id_type,
+        return {"model": self.model, "fingerprint": manifest.fingerprint,
+                "model_sha256": manifest.files["model.onnx"], "id_type": id_type,
                 "precision": self.precision, "layers": self.layers,
                 "layer_aggregation": self.layer_aggregation, "word_aggregation": self.word_aggregation,
                 "no_context": self.no_context, **({"dlatk_compat": True} if self.dlatk_compat else {}),

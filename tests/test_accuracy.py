@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import bertfeat
-from bertfeat.models import MIN_COSINE, read_manifest, usable_layers
+from bertfeat.models import MIN_COSINE, read_manifest
 from bertfeat.exporter import locate
 from bertfeat.runtime import Encoder
 from bertfeat.predict import RIDGE_ALPHAS, nfold_test
@@ -50,7 +50,7 @@ def test_int8_message_vectors_agree_with_fp32(msgs100u_features):
     cos, entry = sampled_cosines(msgs100u_features, "int8", 1)
     assert len(cos) >= 240 and min(cos) >= 0.998, min(cos)  # issue 10: int8 >= 0.998 per message
     manifest = read_manifest(entry)
-    assert manifest["precision"] == "int8" and 4 in usable_layers(manifest)
+    assert manifest["precision"] == "int8" and 4 in manifest.usable_layers()
 
 
 def test_fp16_message_vectors_agree_with_fp32(msgs100u_features):
@@ -61,7 +61,7 @@ def test_fp16_message_vectors_agree_with_fp32(msgs100u_features):
     cos, entry = sampled_cosines(msgs100u_features, "fp16", 3)
     assert len(cos) >= 80 and min(cos) > 0.9999, min(cos)  # fp16 is far closer than int8
     manifest = read_manifest(entry)
-    assert manifest["precision"] == "fp16" and manifest["per_window"] is False and 4 in usable_layers(manifest)
+    assert manifest["precision"] == "fp16" and manifest["per_window"] is False and 4 in manifest.usable_layers()
 
 
 def test_int8_window_is_the_same_alone_and_in_a_full_batch(msgs100u_features):
@@ -103,7 +103,7 @@ def test_an_int8_layer_refused_by_an_older_recipe_is_exported_again(msgs100u_fea
     asking for that layer makes the current recipe's export (torch is here) instead of refusing."""
     source = msgs100u_features["model_dir"]
     current = locate(MODEL, 6, "int8", source)
-    if 5 not in usable_layers(read_manifest(current)):
+    if 5 not in read_manifest(current).usable_layers():
         pytest.skip("this CPU's int8 export itself refuses the last layer (checked in the test below)")
     cache = tmp_path / "models"
     for entry in (locate(MODEL, 6, "fp32", source), current):
@@ -154,7 +154,7 @@ def test_int8_every_layer_is_refused_or_agrees_on_real_text(msgs100u_features, t
     windows = real_windows(fp32)
     layers = list(range(6))
     ref, got = fp32.run(windows, layers), int8.run(windows, layers)
-    usable = usable_layers(int8.manifest)
+    usable = int8.manifest.usable_layers()
     assert 0 in usable and len(int8.manifest["fp32_layer_cosine"]) == 6
     worst = worst_window_cosines(ref, got, len(layers))
     assert all(worst[k] >= MIN_COSINE for k in usable), (worst, usable)
@@ -177,7 +177,7 @@ def test_int8_every_layer_holds_on_a_cpu_without_vnni(msgs100u_features, tmp_pat
     monkeypatch.setattr(exporter, "int8_dot_is_exact", lambda: False)
     int8 = Encoder(exporter.export(MODEL, "int8", 6, str(cache)))
     tried = int8.manifest["recipes_tried"]
-    assert not int8.manifest.get("needs_int8_dot") and usable_layers(int8.manifest) == list(range(6)), tried
+    assert not int8.manifest.get("needs_int8_dot") and int8.manifest.usable_layers() == list(range(6)), tried
     assert not any("per-token-8bit-weights" in k for k in tried)  # no 8-bit signed weights on such a CPU
     fp32 = Encoder(fp32_entry)
     windows = real_windows(fp32)

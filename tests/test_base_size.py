@@ -12,7 +12,7 @@ import pytest
 
 from bertfeat.embedder import MessageEmbedder
 from bertfeat.exporter import export
-from bertfeat.models import MIN_COSINE, read_manifest, usable_layers
+from bertfeat.models import MIN_COSINE, read_manifest
 from bertfeat.text.sentences import split_sentences
 
 from conftest import MSGS_CSV
@@ -50,7 +50,7 @@ def test_int8_serves_every_layer_and_every_message_agrees(entries, messages):
     fp32, int8 = entries
     manifest = read_manifest(int8)
     depth = manifest["depth"]
-    assert usable_layers(manifest) == list(range(depth)), manifest["fp32_layer_cosine"]
+    assert manifest.usable_layers() == list(range(depth)), manifest["fp32_layer_cosine"]
     assert min(manifest["fp32_layer_cosine"]) >= MIN_COSINE and manifest["int8_matmuls"] > 0
     a, b = per_layer_vectors(fp32, messages, depth), per_layer_vectors(int8, messages, depth)
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
@@ -91,7 +91,7 @@ def test_a_bert_large_size_model_exports_and_runs(tmp_path):
     m = read_manifest(fp32)
     assert m["depth"] == 24 and m["hidden_size"] == 1024 and m["validation_max_error"] <= 1e-4
     int8 = export(str(src), "int8", root=root)
-    assert usable_layers(read_manifest(int8)) == list(range(24))
+    assert read_manifest(int8).usable_layers() == list(range(24))
     vectors = [MessageEmbedder(e, [22])([["A first sentence.", "And a second one."]])[0] for e in (fp32, int8)]
     assert vectors[0].shape == (1024,) and float(vectors[0] @ vectors[1] / np.linalg.norm(vectors[0])
                                                  / np.linalg.norm(vectors[1])) >= 0.998

@@ -262,7 +262,7 @@ def test_export_model_and_list_models_from_the_cli(tiny, tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_int8_agrees_on_every_layer_of_each_family(family, tiny, tmp_path):
     """Measured here on real msgs100u windows, every layer (not read back from the manifest)."""
-    from bertfeat.models import MIN_COSINE, usable_layers
+    from bertfeat.models import MIN_COSINE
     from test_accuracy import real_windows, worst_window_cosines
     cache = str(tmp_path)
     fp32, int8 = Encoder(locate(tiny[family], 3, "fp32", cache)), Encoder(locate(tiny[family], 3, "int8", cache))
@@ -270,7 +270,7 @@ def test_int8_agrees_on_every_layer_of_each_family(family, tiny, tmp_path):
     ref, got = fp32.run(windows, [0, 1, 2]), int8.run(windows, [0, 1, 2])
     worst = worst_window_cosines(ref, got, 3)
     assert min(worst) >= MIN_COSINE, (family, worst)
-    assert usable_layers(int8.manifest) == [0, 1, 2]
+    assert int8.manifest.usable_layers() == [0, 1, 2]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -348,7 +348,9 @@ def test_fp32_keeps_the_graph_that_runs_faster_here_and_derived_exports_start_fr
     int8 from the kept one."""
     import onnx
     from bertfeat import exporter
-    monkeypatch.setattr(exporter, "_seconds", lambda paths, batch, **_: [1.0, 2.0] if plain_faster else [2.0, 1.0])
+    from bertfeat.exporter import derive, graph
+    for module in (graph, derive):  # timing the graph choice; timing int8 against fp32
+        monkeypatch.setattr(module, "seconds", lambda paths, batch, **_: [1.0, 2.0] if plain_faster else [2.0, 1.0])
     cache = str(tmp_path)
     entry = locate(tiny["bert"], 2, "fp32", cache)
     ops = {n.op_type for n in onnx.load(str(entry / "model.onnx")).graph.node}
@@ -367,7 +369,7 @@ def test_fp32_keeps_the_graph_that_runs_faster_here_and_derived_exports_start_fr
         assert sorted(os.listdir(derived)) == ["manifest.json", "model.onnx", "tokenizer.json"]
     assert read_manifest(entry)["validation_max_error"] <= 1e-4  # the kept graph was the one validated
     # made again (forced, or after corruption): the same graph, whatever the timing says now
-    monkeypatch.setattr(exporter, "_seconds", lambda paths, batch, **_: [2.0, 1.0] if plain_faster else [1.0, 2.0])
+    monkeypatch.setattr(graph, "seconds", lambda paths, batch, **_: [2.0, 1.0] if plain_faster else [1.0, 2.0])
     again = exporter.export(tiny["bert"], "fp32", 2, cache, force=True)
     assert again == entry and read_manifest(again)["optimizations"] == optimizations
 
@@ -418,23 +420,23 @@ def test_int8_search_records_what_it_kept_fp32_and_its_speed(tiny, tmp_path, mon
     usable and agrees on real windows, and int8's speed against fp32 measured at export is
     recorded and shown by --list_models."""
     from bertfeat import exporter
-    from bertfeat.models import usable_layers
+    from bertfeat.exporter import derive
     from test_accuracy import real_windows, worst_window_cosines
     cache = str(tmp_path / "m")
     fp32 = Encoder(locate(tiny["bert"], 3, "fp32", cache))
-    measured, scale = exporter._agreement, []
+    measured, scale = derive.agreement, []
 
     def amplified(*args):
         per_layer, provider = measured(*args)
         scale.append(scale[0] if scale else 0.01 / max(1 - min(per_layer), 1e-12))  # the first try: all int8
         return [max(0.0, 1 - scale[0] * (1 - c)) for c in per_layer], provider
-    monkeypatch.setattr(exporter, "_agreement", amplified)
-    recipes = exporter.int8_recipes
-    monkeypatch.setattr(exporter, "int8_recipes", lambda: [r for r in recipes() if r.searched])
+    monkeypatch.setattr(derive, "agreement", amplified)
+    recipes = derive.int8_recipes
+    monkeypatch.setattr(derive, "int8_recipes", lambda: [r for r in recipes() if r.searched])
     entry = exporter.export(tiny["bert"], "int8", 3, cache)
     m = read_manifest(entry)
     assert m["int8_fp32_matmuls"] and m["int8_matmuls"] > 0 and m["int8_search_tries"] >= 2, m
-    assert usable_layers(m) == [0, 1, 2] and min(m["fp32_layer_cosine"]) >= 0.995
+    assert m.usable_layers() == [0, 1, 2] and min(m["fp32_layer_cosine"]) >= 0.995
     windows = real_windows(fp32, 150)
     worst = worst_window_cosines(fp32.run(windows, [0, 1, 2]), Encoder(entry).run(windows, [0, 1, 2]), 3)
     assert min(worst) >= 0.995, worst
@@ -466,17 +468,17 @@ def test_a_layer_int8_does_not_hold_on_is_refused_in_one_line(tiny, corpus, tmp_
     line naming the layer, its cosine and the cure, before any inference, and the other layers
     stay usable."""
     from bertfeat import exporter
-    from bertfeat.models import usable_layers
+    from bertfeat.exporter import derive
     conn, _ = corpus
     cache = str(tmp_path / "m")
-    measured = exporter._agreement
+    measured = derive.agreement
 
     def layer_2_fails(*args):
         per_layer, provider = measured(*args)
         return per_layer[:2] + [0.97] * len(per_layer[2:]), provider
-    monkeypatch.setattr(exporter, "_agreement", layer_2_fails)
+    monkeypatch.setattr(derive, "agreement", layer_2_fails)
     entry = exporter.export(tiny["bert"], "int8", 3, cache)
-    assert usable_layers(read_manifest(entry)) == [0, 1]
+    assert read_manifest(entry).usable_layers() == [0, 1]
     with pytest.raises(bertfeat.BertfeatError, match=r"layer 2 0\.97.*precision='fp32'.*bert_layers.* among 0 1"):
         bertfeat.add_bert("f", "msgs", "user_id", bert_model=tiny["bert"], precision="int8", bert_layers=[2],
                           model_dir=cache, stage_dir=str(tmp_path), progress=False, **conn)
@@ -487,16 +489,17 @@ def test_a_layer_int8_does_not_hold_on_is_refused_in_one_line(tiny, corpus, tmp_
 
 @pytest.mark.parametrize("family", ["bert", "mpnet"])
 def test_fusion_with_weights_left_on_disk_is_bitwise_the_in_memory_fusion(family, tiny, tmp_path):
-    """The fusion child (`_fuse_main`) keeps the weights in an external-data file while the
+    """The fusion child (`graph.fuse_main`) keeps the weights in an external-data file while the
     fusions run; its graph must be byte for byte what the fusions make from the loaded model."""
     from types import SimpleNamespace
 
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from bertfeat.exporter import _fuse, _traced_main
-    assert _traced_main(tiny[family], "3", str(tmp_path)) == 0
+    from bertfeat.exporter.graph import fuse
+    from bertfeat.exporter.trace import traced_main
+    assert traced_main(tiny[family], "3", str(tmp_path)) == 0
     config = SimpleNamespace(**json.loads((tmp_path / "traced.json").read_text())["config"])
-    fused = _fuse(tmp_path / "raw.onnx", tmp_path / "fused.onnx", config)
+    fused = fuse(tmp_path / "raw.onnx", tmp_path / "fused.onnx", config)
     assert fused is not None and sorted(p.name for p in tmp_path.iterdir()) == [
         "fused.onnx", "raw.onnx", "tokenizer.json", "traced.json", "traced.npz"]  # no weights left behind
     in_memory = optimize_model(str(tmp_path / "raw.onnx"), model_type="bert", num_heads=config.num_attention_heads,

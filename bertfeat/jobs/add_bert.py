@@ -14,7 +14,7 @@ import numpy as np
 
 from ..stage import Stage, open_stage
 from ..errors import BertfeatError, first_line, param
-from ..models import INT8_PAYS, cosine, file_sha256, layer_count, locate
+from ..models import INT8_PAYS, ResolvedModel, cosine, file_sha256, layer_count, locate, read_manifest
 from ..progress import Progress, notice
 from ..scaleout import check_cluster
 from ..settings import DEFAULT_MODEL, BertSettings, RunConfig
@@ -57,20 +57,19 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
         source = _message_source(engine, table, fields)
         stage_path = _stage_path(db, stage_dir, conn)
         with engine.released():
-            settings, entry, manifest = _model(settings, model_dir)
+            settings, model = resolve_model(settings, model_dir)
         if source == table:
             notice(f"{source}_stoks not found: splitting sentences on the fly (run --add_sent_tokenized to keep them)")
-        _check_class(bert_class, manifest)
-        tokenizer = _tokenizer_file(settings.tokenizer, entry)
+        _check_class(bert_class, model.manifest)
         feat_table, msg_table = _table_names(engine, settings, table, source, correl_field, messageid_field,
                                              bert_table_name)
         types = dict(engine.columns(source))
         id_type, group_type = _duck_type(types[messageid_field]), _duck_type(types[correl_field])
-        key = settings.stage_key(manifest, id_type, file_sha256(tokenizer) if settings.tokenizer else None)
+        key = settings.stage_key(model.manifest, id_type, file_sha256(model.tokenizer) if settings.tokenizer else None)
         stage = Stage(stage_path, key, id_type, group_type, lock_timeout=conn.get("lock_timeout"))
 
         made = []  # the executor, once one is needed (a Ray pool is closed when the job ends)
-        make_executor = _executor_factory(entry, settings, tokenizer, run, made)
+        make_executor = _executor_factory(model, settings, run, made)
         try:
             shard_reads = conn if run.ray is not None and engine.kind == "mysql" else None
             counts, executor = _stage_messages(engine, stage, source, fields, source != table, make_executor,
@@ -85,9 +84,10 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
             _write_feature_table(engine, stage, msg_table, stage.message_features_sql, (), types[messageid_field])
         kept = {}
         if bert_keep_tokens or bert_word_types:
+            from ..embedder import MessageEmbedder
             here = run if run.ray is None else _device(replace(run, ray=None, workers=None), settings.precision)
             kept = _keep_tokens(engine, stage, settings, table, source, fields, types, bert_keep_tokens,
-                                bert_word_types, _local_embedder(entry, settings, tokenizer, here),
+                                bert_word_types, MessageEmbedder.for_run(model, settings, here),
                                 run.chunk_messages, progress)
         stage.drop_groups()
         summary = {"table": feat_table, "message_table": msg_table if bert_keep_msg else None,
@@ -102,33 +102,18 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
     return summary
 
 
-def _executor_factory(entry, settings, tokenizer, run, made):
+def _executor_factory(model, settings, run, made):
     """A function making the executor when the first chunk needs inference: the MessageEmbedder
     run in this process, or with `run.ray` the same object inside Ray actors (scaleout/ray_pool.py)."""
     def make():
         if run.ray is not None:
             from ..scaleout.ray_pool import RayEmbedder
-            made.append(RayEmbedder(entry, address=run.ray, workers=run.workers, threads=run.threads,
-                                    **_embedder_keywords(settings, tokenizer, run)))
+            made.append(RayEmbedder(model, settings, run))
         else:
-            from ..embedder import InlineExecutor
-            made.append(InlineExecutor(_local_embedder(entry, settings, tokenizer, run)))
+            from ..embedder import InlineExecutor, MessageEmbedder  # numba: imported when a run needs it
+            made.append(InlineExecutor(MessageEmbedder.for_run(model, settings, run)))
         return made[-1]
     return make
-
-
-def _embedder_keywords(settings, tokenizer, run):
-    """MessageEmbedder's keywords but `threads`: a local run and the Ray actors build it alike."""
-    return dict(layers=settings.layers, layer_aggregation=settings.layer_aggregation,
-                word_aggregation=settings.word_aggregation, no_context=settings.no_context, device=run.device,
-                batch_tokens=run.batch_tokens, dlatk_compat=settings.dlatk_compat,
-                tokenizer=tokenizer if settings.tokenizer else None)
-
-
-def _local_embedder(entry, settings, tokenizer, run):
-    """The MessageEmbedder of `settings`, in this process."""
-    from ..embedder import MessageEmbedder
-    return MessageEmbedder(entry, threads=run.threads, **_embedder_keywords(settings, tokenizer, run))
 
 
 def _keep_tokens(engine, stage, settings, table, source, fields, types, keep_tokens, word_types, embedder,
@@ -196,9 +181,9 @@ def _check_class(bert_class, manifest):
     config, so a class is only checked against it (auto, or nothing given: no check)."""
     if bert_class in (None, "") or _norm_class(bert_class) in ("auto", "automodel"):
         return
-    if _norm_class(bert_class) != _norm_class(manifest.get("model_type", "")):
+    if _norm_class(bert_class) != _norm_class(manifest.model_type):
         raise BertfeatError(f"{param('--bert_class', bert_class)} does not match the model's type"
-                            f" {manifest.get('model_type')!r} (its config.json): leave it out or use"
+                            f" {manifest.model_type!r} (its config.json): leave it out or use"
                             f" {param('--bert_class', 'auto')}")
 
 
@@ -276,34 +261,41 @@ def _message_source(engine, table, fields):
     return source
 
 
-def _model(settings, model_dir):
-    """(settings with layers resolved, cache entry, manifest): exported when needed and torch is
-    here; a reduced-precision layer that does not agree with fp32 is a one-line error."""
+def resolve_model(settings, model_dir=None):
+    """(settings with layers resolved, models.ResolvedModel), once per run: the cache entry
+    (exported when needed and torch is here) and the tokenizer windows are made with; a
+    reduced-precision layer that does not agree with fp32 is a one-line error."""
+    settings, entry, manifest = _entry(settings, model_dir)
+    return settings, ResolvedModel(settings.model, entry, manifest, settings.layers,
+                                   _tokenizer_file(settings.tokenizer, entry))
+
+
+def _entry(settings, model_dir):
+    """(settings with layers resolved, cache entry, its manifest)."""
     from .. import exporter  # exports when torch is here; runs never need it
-    from ..models import MIN_COSINE, read_manifest, usable_layers
     can_export = exporter.available()
     n_layers = layer_count(settings.model, model_dir, exporter.resolve_source if can_export else None)
     settings = settings.for_model(n_layers)
     entry = locate(settings.model, settings.depth, settings.precision, model_dir, verify=True,
                    export=exporter.export if can_export else None)
     manifest = read_manifest(entry)
-    ok = usable_layers(manifest)
+    ok = manifest.usable_layers()
     weak = [k for k in settings.layers if k not in ok]
     if weak and can_export:  # an entry made by an older recipe: the current one may hold there
         current = exporter.export(settings.model, settings.precision, settings.depth, model_dir)
         if current != entry:
             entry, manifest = current, read_manifest(current)
-            ok = usable_layers(manifest)
+            ok = manifest.usable_layers()
             weak = [k for k in settings.layers if k not in ok]
     if weak:
-        per_layer = manifest.get("fp32_layer_cosine") or []
+        per_layer = manifest.layer_cosines or []
         shown = ", ".join(f"layer {k} {cosine(per_layer[k])}" if k < len(per_layer) else f"layer {k}" for k in weak)
         raise BertfeatError(
             f"{param('--precision', settings.precision)} of {settings.model} does not agree with fp32 closely"
-            f" enough on this machine ({shown}; window cosine < {manifest.get('min_cosine', MIN_COSINE)}): use"
+            f" enough on this machine ({shown}; window cosine < {manifest.min_cosine}): use"
             f" {param('--precision', 'fp32')}" + (f", or {param('--bert_layers')} among {' '.join(map(str, ok))}"
                                                    if ok else ""))
-    speedup = manifest.get("speedup_vs_fp32")
+    speedup = manifest.speedup_vs_fp32
     if settings.precision == "int8" and speedup is not None and speedup < INT8_PAYS:
         notice(f"int8 ran at {speedup}x fp32's speed on the CPU that exported it: no faster here;"
                f" {param('--precision', 'fp32')} gives exact features at about the same speed")

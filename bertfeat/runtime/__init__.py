@@ -4,18 +4,21 @@ No torch and no exporting here: the caller finds the cache entry (models.locate)
 packed into length-sorted batches under a padded-token budget, so little compute goes to
 padding; results come back in the caller's order, real tokens only.
 """
+from __future__ import annotations
+
 import os
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import BertfeatError, first_line, unknown_device
-from ..models import read_manifest, selects_layers
+from ..models import read_manifest
 from ..progress import notice
 
 DEFAULT_BATCH_TOKENS = 2048  # padded tokens per batch; see bench/README.md
 
 
-def physical_cores():
+def physical_cores() -> int:
     """Physical cores available to this process (hyper-threads do not help GEMM)."""
     try:
         cores = set()
@@ -33,7 +36,7 @@ def physical_cores():
         return os.cpu_count() or 1
 
 
-def cpu_flags():
+def cpu_flags() -> set:
     """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -45,7 +48,7 @@ def cpu_flags():
     return set()
 
 
-def int8_dot_is_exact():
+def int8_dot_is_exact() -> bool:
     """Whether ONNX Runtime's u8 x s8 GEMM sums products in 32 bits on this CPU (VNNI or AMX).
     Without them (AVX2, AVX-512 without VNNI) it adds products in pairs into 16 bits, which
     8-bit weights can saturate, so int8 exports made for such CPUs use 7-bit weights or 8-bit
@@ -62,16 +65,18 @@ class Encoder:
     """An ONNX Runtime session over one cache entry: windows (ids, type ids) in, the chosen
     layers' token vectors out (text/windows.py makes the windows)."""
 
-    def __init__(self, entry, device="cpu", threads=None, batch_tokens=None):
+    def __init__(self, entry: str | os.PathLike, device: str = "cpu", threads: int | None = None,
+                 batch_tokens: int | None = None, manifest: dict | None = None):
+        """`manifest`: the entry's, when the caller has read it (models.ResolvedModel)."""
         ort = import_ort()
-        self.entry = entry
-        self.manifest = read_manifest(entry)
+        self.entry = Path(entry)
+        self.manifest = manifest or read_manifest(entry)
         if not self.manifest:
             raise BertfeatError(f"{entry} is not an export cache entry (no manifest.json)")
-        self.depth = self.manifest["depth"]
-        self.max_positions = self.manifest["max_positions"]
-        self.hidden_size = self.manifest["hidden_size"]
-        self.selects_layers = selects_layers(self.manifest)
+        self.depth = self.manifest.depth
+        self.max_positions = self.manifest.max_positions
+        self.hidden_size = self.manifest.hidden_size
+        self.selects_layers = self.manifest.selects_layers
         self.batch_tokens = int(batch_tokens or DEFAULT_BATCH_TOKENS)
         if self.batch_tokens < self.max_positions:
             self.batch_tokens = self.max_positions  # one longest window must fit
@@ -79,7 +84,7 @@ class Encoder:
         # a per-window int8 export (the manifest's per_window: one activation scale per tensor)
         # runs one window per call, one call per thread in parallel; every other export (fp32,
         # fp16, per-token int8) runs padded, length-sorted batches.
-        self.per_window = bool(self.manifest.get("per_window"))
+        self.per_window = self.manifest.per_window
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1 if self.per_window else self.threads
         options.inter_op_num_threads = 1
@@ -88,10 +93,10 @@ class Encoder:
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda"
                      else ["CPUExecutionProvider"])
         try:
-            self.session = ort.InferenceSession(str(entry / "model.onnx"), options, providers=providers)
+            self.session = ort.InferenceSession(str(self.entry / "model.onnx"), options, providers=providers)
         except Exception as e:  # ONNX Runtime raises its own classes for unreadable graphs
             if type(e).__module__.startswith("onnxruntime"):
-                raise CorruptedEntry(f"cannot load {entry / 'model.onnx'} ({first_line(e, 200)}): the cache"
+                raise CorruptedEntry(f"cannot load {self.entry / 'model.onnx'} ({first_line(e, 200)}): the cache"
                                      " entry is corrupted; delete that folder (the next run exports"
                                      " it again), or run bertfeat --verify_models") from e
             raise
@@ -101,13 +106,13 @@ class Encoder:
                                 f"{f' (it is built for CUDA {built})' if built else ''}: driver, CUDA or"
                                 " cuDNN libraries missing or of another major version? 'bertfeat[gpu]' is"
                                 " for CUDA 12, 'bertfeat[gpu-cu13]' for CUDA 13; or use --device cpu")
-        if self.manifest.get("needs_int8_dot") and not int8_dot_is_exact():
+        if self.manifest.needs_int8_dot and not int8_dot_is_exact():
             raise BertfeatError(f"{entry} is an int8 export with 8-bit weights, made for a CPU with VNNI"
                                 " or AMX; this CPU has neither (its int8 sums can saturate): export int8"
                                 " on this machine (bertfeat --export_model NAME --precision int8) or use"
                                 " --precision fp32")
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.pad_id = int(self.manifest.get("pad_id") or 0)
+        self.pad_id = self.manifest.pad_id
         self.windows_run = 0
         self.tokens_run = 0
         self._pool = None
@@ -127,7 +132,7 @@ class Encoder:
         if batch:
             yield batch
 
-    def run(self, windows, layers):
+    def run(self, windows: list, layers: list[int]) -> list[np.ndarray]:
         """Hidden states of `layers` (0-based blocks) for each window: [len(layers), tokens, H] each."""
         layers = np.asarray(layers, np.int64)
         if layers.max() >= self.depth:
@@ -230,7 +235,7 @@ def preload_cuda_libraries(ort):
             pass
 
 
-def resolve_device(device):
+def resolve_device(device: str) -> str:
     """'cpu', 'cuda' or 'auto' -> the device to use; cuda without onnxruntime-gpu is an error."""
     ort = import_ort()
     device = device or "cpu"

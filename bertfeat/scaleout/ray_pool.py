@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -90,8 +91,9 @@ class _Worker:
     with every call (a reference to it in the object store), so an actor Ray restarts rebuilds
     itself on its next call."""
 
-    def __init__(self, kwargs):
-        self.kwargs, self.embedder, self.entry = kwargs, None, None
+    def __init__(self, model, settings, run):
+        self.model, self.settings, self.run = model, settings, run  # models.ResolvedModel, BertSettings, RunConfig
+        self.embedder, self.entry = None, None
         self.engine, self.shards = None, {}  # shard reads: the MySQL connection, shard -> {hash: sentences}
 
     def _load(self, files):
@@ -105,14 +107,13 @@ class _Worker:
                 tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
                 tmp.write_bytes(data)
                 os.replace(tmp, path)
-        for name, sha in read_manifest(entry)["files"].items():
+        for name, sha in read_manifest(entry).files.items():
             if hashlib.sha256((entry / name).read_bytes()).hexdigest() != sha:
                 raise BertfeatError(f"the export arrived corrupted on this node ({name}): hash mismatch")
-        kwargs = dict(self.kwargs)
-        if "custom_tokenizer.json" in files:  # another model's tokenizer (--tokenizer_model) travels too
-            kwargs["tokenizer"] = entry / "custom_tokenizer.json"
+        # another model's tokenizer (--tokenizer_model) travels too
+        custom = entry / "custom_tokenizer.json" if "custom_tokenizer.json" in files else None
         self.entry = str(entry)
-        self.embedder = MessageEmbedder(entry, **kwargs)
+        self.embedder = MessageEmbedder.for_run(self.model.moved(entry, custom), self.settings, self.run)
 
     def read(self, shard, args):
         """Read shard k = [lo, hi) of the message table straight from the MySQL server; keep its
@@ -158,19 +159,20 @@ class _Worker:
 class RayEmbedder:
     """The job's executor on Ray: `submit(tag, messages)` sends a chunk to an actor, `done(wait)`
     returns the chunks whose vectors are back [(tag, vectors)] (embedder.InlineExecutor is the
-    local one). `workers` actors of `threads` CPUs each (default: as many as the cluster's CPUs hold).
+    local one). `run.workers` actors of `run.threads` CPUs each (default: as many as the
+    cluster's CPUs hold), each building `MessageEmbedder.for_run(model, settings, run)`.
     Also callable like MessageEmbedder (messages in, vectors out, in order)."""
 
-    def __init__(self, entry, address=None, workers=None, threads=None, **kwargs):
+    def __init__(self, model, settings, run):
         ray = import_ray()
         self.ray = ray
-        self.started = _start(ray, address)
-        threads = int(threads or 1)
+        self.started = _start(ray, run.ray)
+        threads, workers = int(run.threads or 1), run.workers
         free = ray.available_resources()  # an actor that cannot be placed would wait forever
         cpus, gpus = int(free.get("CPU", 0)), int(free.get("GPU", 0))
-        if kwargs.get("device") == "auto":  # the workers' nodes decide: GPUs if the cluster has any free
-            kwargs["device"] = "cuda" if gpus else "cpu"
-        on_gpu = kwargs.get("device") == "cuda"
+        if run.device == "auto":  # the workers' nodes decide: GPUs if the cluster has any free
+            run = replace(run, device="cuda" if gpus else "cpu")
+        on_gpu = run.device == "cuda"
         n = int(workers or (gpus if on_gpu else max(1, cpus // threads)))
         if on_gpu and gpus < max(n, 1):
             self.close()
@@ -182,14 +184,13 @@ class RayEmbedder:
             self.close()
             raise BertfeatError(f"the Ray cluster has {cpus} CPUs free (of {total}); {n} workers of --threads"
                                 f" {threads} need {n * threads}: lower --workers or --threads, or add nodes")
-        files = {name: (Path(entry) / name).read_bytes() for name in ("model.onnx", "tokenizer.json", "manifest.json")}
-        if kwargs.get("tokenizer"):
-            files["custom_tokenizer.json"] = Path(kwargs["tokenizer"]).read_bytes()
-        kwargs.pop("tokenizer", None)
+        files = {name: (model.entry / name).read_bytes() for name in ("model.onnx", "tokenizer.json", "manifest.json")}
+        if not model.own_tokenizer:
+            files["custom_tokenizer.json"] = model.tokenizer.read_bytes()
         self.export = [ray.put(files)]  # held by the driver for the whole run; a list, so actors get the reference
         actor = ray.remote(num_cpus=threads, num_gpus=1 if on_gpu else 0, max_restarts=3,
                            max_task_retries=3)(_Worker)
-        self.actors = [actor.remote({**kwargs, "threads": threads}) for _ in range(n)]
+        self.actors = [actor.remote(model, settings, replace(run, threads=threads)) for _ in range(n)]
         self.depth = IN_FLIGHT_PER_WORKER * n
         self.calls = {}  # object ref -> (tag, actor index)
         self.pids = {}  # actor index -> the process that answered last (a new one: Ray restarted it)
