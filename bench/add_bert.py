@@ -15,61 +15,15 @@ Each part runs in its own process (so peak RSS is its own) on the same machine, 
 Prints one table; real tokens = non-padding tokens of the windows.
 """
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CSV = ROOT / "tests" / "data" / "msgs100u.csv"  # copied from shared/data
-
-
-def default_layer(model):
-    """(depth a default run exports, its layer: the second-to-last) and the model's config."""
-    from transformers import AutoConfig
-    from bertfeat.exporter import resolve_source
-    config = AutoConfig.from_pretrained(resolve_source(model))
-    return config.num_hidden_layers - 1, config.num_hidden_layers - 2, config
-
-
-def torch_inputs(model, ids, types, mask):
-    """The keyword inputs `model` takes (MPNet and DistilBERT take no token types)."""
-    import inspect
-    import torch
-    out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-    if "token_type_ids" in inspect.signature(model.forward).parameters:
-        out["token_type_ids"] = torch.from_numpy(types)
-    return out
-
-
-def windows_by_group(work, csv_path, limit, model_dir, model=MODEL):
-    """bertfeat's windows for the corpus, grouped per user in table order, and the encoder
-    (exported to the default layer's depth)."""
-    import bertfeat
-    from bertfeat.exporter import locate
-    from bertfeat.runtime import Encoder
-    from bertfeat.tables import connect
-    from bertfeat.text import windows
-    conn = {"db_engine": "duckdb", "db_dir": work}
-    if not os.path.exists(os.path.join(work, "w.duckdb")):
-        bertfeat.import_csv("w", "msgs", csv_path, progress=False, **conn)
-        bertfeat.add_sent_tokenized("w", "msgs", progress=False, **conn)
-    with connect("w", **conn) as engine:
-        rows = engine.query("SELECT message_id, user_id, message FROM msgs_stoks ORDER BY message_id")
-    rows = rows[:limit] if limit else rows
-    encoder = Encoder(locate(model, default_layer(model)[0], "fp32", model_dir))
-    tokenizer = windows.load_tokenizer(encoder.entry / "tokenizer.json")
-    template, limit_p = windows.learn_template(tokenizer), windows.piece_limit(encoder.max_positions)
-    groups = {}
-    for _, user, message in rows:
-        sents = windows.split_long(windows.word_pieces(tokenizer, json.loads(message)), limit_p)
-        groups.setdefault(user, []).extend(windows.plan(template, [sents]).windows)
-    return groups, encoder, len(rows)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (DEFAULT_CSV, MODEL, ROOT, default_layer, header, report, run_parts, torch_inputs,  # noqa: E402
+                    windows_by_group)
 
 
 def part_baseline(args):
@@ -150,26 +104,6 @@ def child(args):
     report(result)
 
 
-def report(result):
-    """A part's result as `run_parts` reads it (one RESULT line), with this process's peak RSS."""
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(result))
-
-
-def run_parts(script, parts, args, work, extra=()):
-    """Run each part of a benchmark script in a process of its own; {part: its RESULT dict}."""
-    results = {}
-    for part in parts:
-        cmd = [sys.executable, script, "--part", part, "--work", work, "--csv", args.csv,
-               "--limit", str(args.limit), "--model_dir", args.model_dir, "--model", args.model, *extra]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        if not line:
-            sys.exit(f"part {part} failed:\n{out.stderr[-3000:]}")
-        results[part] = json.loads(line[0][7:])
-    return results
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--csv", default=str(DEFAULT_CSV))
@@ -188,7 +122,7 @@ def main():
              + ([] if args.skip_baseline else ["baseline"]))
     results = run_parts(__file__, parts, args, work)
     base = results.get("baseline")
-    print(f"msgs100u ({results['e2e']['messages']} messages), {args.model}, {os.cpu_count()} CPUs, one run\n")
+    print(header(f"msgs100u ({results['e2e']['messages']} messages)", args.model, "one run") + "\n")
     print(f"| {'run':44s} | {'seconds':>8s} | {'msgs/s':>7s} | {'real tok/s':>10s} | {'vs base':>7s}"
           f" | {'peak RSS MB':>11s} |")
     print(f"|{'-' * 46}|{'-' * 10}|{'-' * 9}|{'-' * 12}|{'-' * 9}|{'-' * 13}|")

@@ -112,15 +112,15 @@ def main():
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
     if args.part:
-        from add_bert import report
+        from common import report
         return report(phase(args))
-    from runtime import cpu_isa
+    from common import header
 
     # the export once, before any timing (the stand-in still loads it), in a process of its own:
     # Linux carries a process's peak RSS across exec, so this one stays small for its children
     subprocess.run([sys.executable, "-c", "import sys; from bertfeat.exporter import export;"
                     " export(sys.argv[1], 'fp32', 1, sys.argv[2])", MODEL, args.model_dir], check=True)
-    print(f"# {cpu_isa()}; {os.cpu_count()} CPUs; engine {args.engine}; stand-in encoder (384 dims)\n")
+    print(header(f"engine {args.engine}", "stand-in encoder (384 dims)") + "\n")
     print("| posts | groups | phase | seconds | peak RSS MB | database MB | stage MB | rows |")
     print("|---:|---:|---|---:|---:|---:|---:|---:|")
     results = {}

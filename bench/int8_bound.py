@@ -15,7 +15,6 @@ Attention's two fp32 products count as GEMMs there, as if they sped up too: both
 generous. A target above the second bound needs faster non-GEMM kernels, not a better int8 recipe.
 """
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -23,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_bert import DEFAULT_CSV, MODEL, ROOT, default_layer, windows_by_group  # noqa: E402
+from common import DEFAULT_CSV, MODEL, ROOT, default_layer, header, windows_by_group  # noqa: E402
 from profile_ops import ort_profile  # noqa: E402
-from runtime import cpu_isa  # noqa: E402
 
 GEMM = {"MatMul", "FusedMatMul", "Gemm", "MatMulIntegerToFloat", "MatMulInteger", "Attention", "QAttention"}
 QUANTIZING = {"Abs", "ReduceMax", "Max", "Div", "QuantizeLinear", "DynamicQuantizeLinear", "Sub"}
@@ -53,8 +51,8 @@ def main():
     windows = [w for ws in groups.values() for w in ws]
     lengths = np.array([len(w[0]) for w in windows])
     batches = list(enc.batches(lengths))
-    print(f"# {cpu_isa()}; exact int8 sums: {int8_dot_is_exact()}; {os.cpu_count()} CPUs; onnxruntime"
-          f" {ort.__version__}; {args.model} depth {depth}; {n_posts} msgs100u posts, {len(windows)} windows,"
+    print(header(f"exact int8 sums: {int8_dot_is_exact()}") + f"; onnxruntime {ort.__version__}; {args.model} depth"
+          f" {depth}; {n_posts} msgs100u posts, {len(windows)} windows,"
           f" {int(lengths.sum())} real tokens, {len(batches)} batches; 2 threads\n# int8: {m8['optimizations'][-1]};"
           f" {m8.get('int8_matmuls', '?')} MatMuls int8, {len(m8.get('int8_fp32_matmuls', []))} kept fp32\n")
     sides = {"fp32": ort_profile(fp32 / "model.onnx", 2, layer, windows, lengths, batches, str(work)),

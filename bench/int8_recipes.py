@@ -15,7 +15,6 @@ the experiment behind the shift.
 """
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -25,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_bert import DEFAULT_CSV, MODEL, ROOT, windows_by_group  # noqa: E402
-from runtime import cpu_isa  # noqa: E402
+from common import DEFAULT_CSV, MODEL, ROOT, header, windows_by_group  # noqa: E402
 
 
 def main():
@@ -77,7 +75,7 @@ def main():
         convert(source, folder / "model.onnx", feeds)
         gate, _ = agreement(fp32, folder / "model.onnx", manifest, "int8")
         rows.append((label, folder, gate))
-    print(f"# {cpu_isa()}; exact int8 sums (8-bit weights allowed): {int8_dot_is_exact()}; {os.cpu_count()} CPUs;"
+    print(header(f"exact int8 sums (8-bit weights allowed): {int8_dot_is_exact()}") + f";"
           f" onnxruntime {ort.__version__}; {len(windows)} msgs100u windows, {tokens} real tokens; all 6 layers"
           " returned\n")
     print(f"| recipe | real tok/s (best of {args.rounds}) | vs fp32, best | vs fp32 per round (median, range) |"

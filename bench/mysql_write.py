@@ -24,11 +24,13 @@ issue's 10^5-group x 768 table alone).
 import argparse
 import csv
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import header  # noqa: E402
 
 HOST, PORT, USER = "127.0.0.1", 3306, "root"
 DB = "bertfeat_bench_write"
@@ -164,8 +166,7 @@ def main():
     server = acur.fetchone()[0]
     acur.execute(f"DROP DATABASE IF EXISTS {DB}")
     acur.execute(f"CREATE DATABASE {DB} CHARACTER SET utf8mb4")
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; server {server} on"
-          f" {HOST}:{PORT}; mysql-connector-python {cv}, PyMySQL {pymysql.__version__};"
+    print(header(f"server {server} on {HOST}:{PORT}") + f"; mysql-connector-python {cv}, PyMySQL {pymysql.__version__};"
           f" Python {sys.version.split()[0]}")
     loads = {} if args.stage_only else {"feature": feature_rows(args.feature_rows), "text": text_rows(args.text_copies)}
     print("\n| load | method | safe | rows | seconds | rows/s | MB/s | 10^7 feature rows |")

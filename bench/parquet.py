@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import header  # noqa: E402
 from bertfeat.tables import connect, parquet  # noqa: E402
 
 
@@ -91,7 +93,7 @@ def main():
                        " ORDER BY id",
                        [d, g, d])
         features = [f"{k}me" for k in range(d)]
-        print(f"# {g:,} groups x {d} features = {g * d:,} rows; {os.cpu_count()} CPUs\n")
+        print(header(f"{g:,} groups x {d} features = {g * d:,} rows") + "\n")
         print("| layout | write s | file MB | reader | read to matrix s |\n|---|---|---|---|---|")
         for layout in parquet.LAYOUTS:
             path = os.path.join(work, f"{layout}.parquet")

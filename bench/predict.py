@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_bert import DEFAULT_CSV, MODEL, ROOT  # noqa: E402
+from common import DEFAULT_CSV, MODEL, ROOT  # noqa: E402
 
 USERS = ROOT / "tests" / "data" / "users100.csv"  # copied from shared/data
 

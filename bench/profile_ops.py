@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_bert import DEFAULT_CSV, ROOT, windows_by_group  # noqa: E402
-from runtime import batches_of, cpu_isa, gemm_rate  # noqa: E402
+from common import DEFAULT_CSV, ROOT, batches_of, header, windows_by_group  # noqa: E402
 
 KINDS = [  # (kind, substrings of ORT op types / torch op names), first match wins
     ("GEMM (MatMul, Linear, FusedMatMul)", ("matmul", "gemm", "addmm", "linear", "bmm", "mm")),
@@ -105,8 +104,8 @@ def main():
     lengths = np.array([len(w[0]) for w in windows])
     batches = list(enc.batches(lengths))
     real = int(lengths.sum())
-    print(f"# {cpu_isa()}; {os.cpu_count()} CPUs; numpy fp32 GEMM {gemm_rate() / 1e9:.0f} GFLOP/s; {enc.threads}"
-          f" threads; {n_msgs} msgs100u posts, {len(windows)} windows, {real} real tokens, {len(batches)} batches")
+    print(header(f"{enc.threads} threads") + f"; {n_msgs} msgs100u posts, {len(windows)} windows, {real} real tokens,"
+          f" {len(batches)} batches")
     ort_s, by_op = ort_profile(enc.entry / "model.onnx", enc.threads, enc.depth - 1,  # the default layer
                                windows, lengths, batches, work)
     ort_ops = {}

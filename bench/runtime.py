@@ -21,76 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_bert import (DEFAULT_CSV, MODEL, ROOT, default_layer, report, run_parts, torch_inputs,  # noqa: E402
-                      windows_by_group)
-
-
-def flops_per_token(hidden, inter, layers, mean_len):
-    """Multiply-adds x2 per token: QKV+output projections, FFN, attention scores and mixing."""
-    return layers * 2 * (4 * hidden * hidden + 2 * hidden * inter + 2 * mean_len * hidden)
-
-
-def batches_of(windows, lengths, batches):
-    """(ids, token types, attention mask) of each batch of window indices, right-padded."""
-    import numpy as np
-    for batch in batches:
-        width = int(lengths[batch].max())
-        ids = np.zeros((len(batch), width), np.int64)
-        types, mask = np.zeros_like(ids), np.zeros_like(ids)
-        for r, i in enumerate(batch):
-            n = lengths[i]
-            ids[r, :n], types[r, :n], mask[r, :n] = windows[i][0], windows[i][1], 1
-        yield ids, types, mask
-
-
-def cpu_isa():
-    """The CPU's name and the instruction sets ONNX Runtime's int8 kernels choose between
-    (MLAS dispatches on them at run time: AVX2 u8s8, AVX-512 BW, AVX-512/AVX VNNI, AMX)."""
-    name, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and name == "unknown CPU":
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [label for flag, label in (("avx2", "AVX2"), ("avx512bw", "AVX-512"), ("avx512_vnni", "AVX-512 VNNI"),
-                                     ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX-INT8")) if flag in flags]
-    best = isa[-1] if isa else "no AVX2"
-    return f"{name}; ISA {', '.join(isa) or 'none'}; int8 kernels use the best of these: {best}"
-
-
-def gemm_rate():
-    import numpy as np
-    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
-    best = 0.0
-    for _ in range(3):
-        t = time.perf_counter()
-        a @ a
-        best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - t))
-    return best
-
-
-def ort_gemm_rate():
-    """The same 2048^3 fp32 GEMM through ONNX Runtime (MLAS): the rate our runtime can reach."""
-    import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "g",
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2048, 2048]) for n in "ab"],
-                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [2048, 2048])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
-    best = 0.0
-    for _ in range(3):
-        t = time.perf_counter()
-        sess.run(None, {"a": a, "b": a})
-        best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - t))
-    return best
+from common import (DEFAULT_CSV, MODEL, ROOT, batches_of, cpu_isa, default_layer, flops_per_token,  # noqa: E402
+                    gemm_rate, ort_gemm_rate, report, run_parts, torch_inputs, windows_by_group)
 
 
 def part(args):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from runtime import cpu_isa, gemm_rate  # noqa: E402  (the bench header every script prints)
+from common import header  # noqa: E402  (the bench header every script prints)
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_CSV = ROOT / "tests" / "data" / "msgs100u.csv"  # copied from shared/data
@@ -131,8 +131,7 @@ def main():
         return part(args)
     import bertfeat
     args.work = tempfile.mkdtemp(prefix="bertfeat-scaleout-")
-    print(f"# {cpu_isa()}; {os.cpu_count()} CPUs; fp32 GEMM {gemm_rate() / 1e9:.0f} GFLOP/s; ray"
-          f" {__import__('ray').__version__}; one run")
+    print(header(f"ray {__import__('ray').__version__}", "one run"))
     bertfeat.export_model(MODEL, precision="int8", model_dir=args.model_dir, depth=5)  # not timed: both sides share it
     make_table(args.csv, args.work, args.copies, "x")
     make_table(args.csv, args.work, 1, "x1")

@@ -1,6 +1,6 @@
 """Fault matrix (issue 9): break a run on purpose, rerun it, count what was lost or duplicated.
 
-    sudo .venv/bin/python bench/faults.py [--copies 3] [--only CASE ...]
+    sudo .venv/bin/python tests/fault_matrix.py [--copies 3] [--only CASE ...]
 
 Real processes, real engines: kill -9 of bertfeat at chosen points, kill -9 of the MariaDB
 server (on 127.0.0.1:3306, restarted the way .ci/run starts it), a full disk (a small tmpfs,
