@@ -28,17 +28,28 @@ def pytest_configure(config):
         os.sched_setaffinity(0, cpus[int(worker.removeprefix("gw")) % count::count])
 
 
+# fixtures that make a model with torch or export one (tests/tiny_models.py, the exporter)
+TORCH_FIXTURES = {"tiny_bert_model", "tiny", "tiny_bert", "entries", "msgs100u_features", "model_cache"}
+
+
 def pytest_collection_modifyitems(items):
     """Markers from what a test uses, so that `-m` can pick tiers (pyproject.toml lists them):
     `mysql` for a test that takes the MariaDB fixture (directly, or as its engine parameter),
-    `ray` for the scale-out modules. `unit` is set by hand on tests that need none of the slow
-    things (an export with torch, a subprocess, a server, Ray, pip): `pytest -m unit`."""
+    `ray` for the scale-out modules, `torch` for a test that makes or exports a model (one of
+    TORCH_FIXTURES, or a module that skips itself without torch). `unit` (no export, subprocess,
+    server, Ray or pip) and `slow` (over a minute on a 2-core host) are set by hand."""
+    needs_torch = {}
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "mysql_db" in item.fixturenames or params.get("engine_name") == "mysql":
             item.add_marker(pytest.mark.mysql)
         if item.module.__name__.startswith("test_scaleout"):
             item.add_marker(pytest.mark.ray)
+        module = item.module.__file__
+        if module not in needs_torch:
+            needs_torch[module] = 'importorskip("torch"' in Path(module).read_text(encoding="utf-8")
+        if needs_torch[module] or TORCH_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.torch)
 
 
 @pytest.fixture(scope="session")

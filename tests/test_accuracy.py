@@ -170,11 +170,12 @@ def test_int8_every_layer_holds_on_a_cpu_without_vnni(msgs100u_features, tmp_pat
     CPU. Faked here: the exporter's view of the CPU flags (the runtime's is untouched, and the
     u8 x u8 GEMM this export runs sums exactly on every CPU: test_exporter checks that)."""
     from bertfeat import exporter
+    from bertfeat.exporter import derive
     source = msgs100u_features["model_dir"]
     cache = tmp_path / "models"
     fp32_entry = locate(MODEL, 6, "fp32", source)
     shutil.copytree(fp32_entry, cache / fp32_entry.parent.name / fp32_entry.name)
-    monkeypatch.setattr(exporter, "int8_dot_is_exact", lambda: False)
+    monkeypatch.setattr(derive, "int8_dot_is_exact", lambda: False)  # what int8_recipes() asks
     int8 = Encoder(exporter.export(MODEL, "int8", 6, str(cache)))
     tried = int8.manifest["recipes_tried"]
     assert not int8.manifest.get("needs_int8_dot") and int8.manifest.usable_layers() == list(range(6)), tried
