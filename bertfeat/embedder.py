@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -97,15 +98,13 @@ class MessageEmbedder:
 
 
 class InlineExecutor:
-    """The job's local executor: `submit(tag, messages)` queues a chunk, `done(wait=True)`
-    computes what is queued, in this process, and hands it back [(tag, vectors)].
-    scaleout.ray_pool.RayEmbedder is the same interface over Ray actors, where the chunks compute
-    elsewhere and several are in flight."""
+    """The job's local Executor: `submit(tag, messages)` queues a chunk, `done(wait=True)`
+    computes what is queued, in this process, and hands it back [(tag, vectors)]."""
 
     depth = 1  # chunks queued before the job waits for them (computes them, here)
 
     def __init__(self, embedder):
-        self.embedder, self.encoder, self.queued = embedder, embedder.encoder, []
+        self.embedder, self.queued = embedder, []
 
     @property
     def pending(self):
@@ -123,3 +122,29 @@ class InlineExecutor:
 
     def status(self):
         return ""
+
+    def counts(self):
+        return self.embedder.encoder.windows_run, self.embedder.encoder.tokens_run
+
+    def can_read(self, conn):
+        return False  # the job reads the rows
+
+    def close(self):
+        pass
+
+
+class Executor(Protocol):
+    """What the --add_bert job (jobs/add_bert._stage_messages) needs of whatever computes its
+    message vectors: InlineExecutor here, scaleout.ray_pool.RayEmbedder on Ray actors (chunks
+    compute elsewhere, several in flight, and the actors can read their rows themselves)."""
+
+    depth: int  # chunks in flight before the job waits for one
+
+    @property
+    def pending(self) -> int: ...  # chunks submitted and not yet handed back
+    def submit(self, tag, messages) -> None: ...  # messages: lists of sentences, or refs read_shards gave
+    def done(self, wait: bool = False) -> list: ...  # [(tag, vectors)] back; with wait, at least one
+    def status(self) -> str: ...  # for the progress line
+    def counts(self) -> tuple[int, int]: ...  # (windows, tokens) run so far
+    def can_read(self, conn: dict) -> bool: ...  # whether read_shards can read the MySQL table
+    def close(self) -> None: ...

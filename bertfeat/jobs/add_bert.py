@@ -76,8 +76,7 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
                                                run.chunk_messages, progress, shard_reads)
         finally:
             for e in made:
-                if hasattr(e, "close"):
-                    e.close()
+                e.close()
         written = _write_feature_table(engine, stage, feat_table, stage.group_features_sql,
                                        (list(settings.msg_aggregation),), types[correl_field])
         if bert_keep_msg:
@@ -93,8 +92,8 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
         summary = {"table": feat_table, "message_table": msg_table if bert_keep_msg else None,
                    "groups": engine.query(f"SELECT count(DISTINCT group_id) FROM {engine.q(feat_table)}")[0][0],
                    "rows": written, "seconds": round(time.perf_counter() - started, 2),
-                   "windows": executor.encoder.windows_run if executor else 0,
-                   "tokens": executor.encoder.tokens_run if executor else 0, **counts, **kept,
+                   "windows": executor.counts()[0] if executor else 0,
+                   "tokens": executor.counts()[1] if executor else 0, **counts, **kept,
                    # MySQL: "load data" (LOAD DATA LOCAL INFILE) or "executemany" (multi-row INSERTs)
                    **({"write_path": engine.write_path} if getattr(engine, "write_path", None) else {})}
         engine.record_run(feat_table, settings.feature_name(),

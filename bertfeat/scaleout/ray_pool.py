@@ -19,7 +19,6 @@ import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 from ..errors import BertfeatError, first_line
 from ..models import read_manifest
@@ -157,11 +156,10 @@ class _Worker:
 
 
 class RayEmbedder:
-    """The job's executor on Ray: `submit(tag, messages)` sends a chunk to an actor, `done(wait)`
-    returns the chunks whose vectors are back [(tag, vectors)] (embedder.InlineExecutor is the
-    local one). `run.workers` actors of `run.threads` CPUs each (default: as many as the
-    cluster's CPUs hold), each building `MessageEmbedder.for_run(model, settings, run)`.
-    Also callable like MessageEmbedder (messages in, vectors out, in order)."""
+    """The job's Executor (embedder.Executor) on Ray: `submit(tag, messages)` sends a chunk to an
+    actor, `done(wait)` returns the chunks whose vectors are back [(tag, vectors)]. `run.workers`
+    actors of `run.threads` CPUs each (default: as many as the cluster's CPUs hold), each
+    building `MessageEmbedder.for_run(model, settings, run)`."""
 
     def __init__(self, model, settings, run):
         ray = import_ray()
@@ -194,8 +192,8 @@ class RayEmbedder:
         self.depth = IN_FLIGHT_PER_WORKER * n
         self.calls = {}  # object ref -> (tag, actor index)
         self.pids = {}  # actor index -> the process that answered last (a new one: Ray restarted it)
-        self.restarts = 0
-        self.encoder = SimpleNamespace(windows_run=0, tokens_run=0)  # counts, as MessageEmbedder's
+        self.restarts, self.windows_run, self.tokens_run = 0, 0, 0
+        self.shard_of = None  # shard number -> ((k, lo, hi), actor) once read_shards runs
 
     @property
     def pending(self):
@@ -211,9 +209,13 @@ class RayEmbedder:
             load[k] += 1
         return load.index(min(load))
 
+    def counts(self):
+        return self.windows_run, self.tokens_run
+
     def submit(self, tag, messages):
-        """Send a chunk's texts (lists of sentences, or (shard, text hash) of a shard an actor read)."""
-        if messages and isinstance(messages[0], tuple):
+        """Send a chunk's texts: lists of sentences, or, once read_shards runs, (shard, text hash)
+        of texts an actor read."""
+        if self.shard_of is not None:
             shard, k = self.shard_of.pop(messages[0][0])
             ref = self.actors[k].embed_shard.remote(self.export, messages, shard, self.read_args)
         else:
@@ -268,8 +270,8 @@ class RayEmbedder:
             vectors, windows, tokens, pid = _get(self.ray, ref)
             if self.pids.setdefault(k, pid) != pid:
                 self.pids[k], self.restarts = pid, self.restarts + 1
-            self.encoder.windows_run += windows
-            self.encoder.tokens_run += tokens
+            self.windows_run += windows
+            self.tokens_run += tokens
             out.append((tag, vectors))
         return out
 
