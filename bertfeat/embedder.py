@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .aggregate import DEFAULT_LAYER_AGGREGATION, DEFAULT_WORD_AGGREGATION
 from .aggregate.kernels import message_vectors, sentence_vectors
 from .runtime import Encoder
 from .text import windows
@@ -25,7 +26,8 @@ class MessageEmbedder:
     token vectors -> layer and word reductions -> the mean over the message's sentences."""
 
     def __init__(self, entry: str | os.PathLike, layers: Sequence[int],
-                 layer_aggregation: Sequence[str] = ("concatenate",), word_aggregation: Sequence[str] = ("mean",),
+                 layer_aggregation: Sequence[str] = DEFAULT_LAYER_AGGREGATION,
+                 word_aggregation: Sequence[str] = DEFAULT_WORD_AGGREGATION,
                  no_context: bool = False, device: str = "cpu", threads: int | None = None,
                  batch_tokens: int | None = None, dlatk_compat: bool = False,
                  tokenizer: str | os.PathLike | None = None, manifest: dict | None = None):

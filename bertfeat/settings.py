@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 
-from .aggregate import ABBR, AGGREGATIONS, LAYER_AGGREGATIONS
+from .aggregate import (ABBR, AGGREGATIONS, DEFAULT_LAYER_AGGREGATION, DEFAULT_MSG_AGGREGATION,
+                        DEFAULT_WORD_AGGREGATION, LAYER_AGGREGATIONS)
 from .errors import DEVICES, BertfeatError, param, unknown_device
 from .models import canonical_name, check_precision, layer_out_of_range, short_name
 from .tables import MAX_NAME
@@ -26,9 +27,9 @@ DEFAULT_MODEL = "base-uncased"  # DLATK's default (bert-base-uncased)
 class BertSettings:
     model: str = DEFAULT_MODEL
     layers: tuple[int, ...] | None = None  # 0-based blocks, negatives from the end; None = the second-to-last
-    layer_aggregation: tuple[str, ...] = ("concatenate",)
-    word_aggregation: tuple[str, ...] = ("mean",)
-    msg_aggregation: tuple[str, ...] = ("mean",)
+    layer_aggregation: tuple[str, ...] = DEFAULT_LAYER_AGGREGATION
+    word_aggregation: tuple[str, ...] = DEFAULT_WORD_AGGREGATION
+    msg_aggregation: tuple[str, ...] = DEFAULT_MSG_AGGREGATION
     no_context: bool = False
     precision: str = "fp32"
     dlatk_compat: bool = False  # DLATK 1.3.15's token positions (text/windows.dlatk_plan), not SPEC §3's
@@ -40,9 +41,9 @@ class BertSettings:
         set_ = object.__setattr__.__get__(self)
         set_("model", canonical_name(self.model))
         for field, flag, allowed, default in (
-                ("layer_aggregation", "--bert_layer_aggregation", LAYER_AGGREGATIONS, "concatenate"),
-                ("word_aggregation", "--bert_word_aggregation", AGGREGATIONS, "mean"),
-                ("msg_aggregation", "--bert_msg_aggregation", AGGREGATIONS, "mean")):
+                ("layer_aggregation", "--bert_layer_aggregation", LAYER_AGGREGATIONS, DEFAULT_LAYER_AGGREGATION),
+                ("word_aggregation", "--bert_word_aggregation", AGGREGATIONS, DEFAULT_WORD_AGGREGATION),
+                ("msg_aggregation", "--bert_msg_aggregation", AGGREGATIONS, DEFAULT_MSG_AGGREGATION)):
             set_(field, _aggregations(getattr(self, field), flag, allowed, default))
         if self.layers is not None and len(self.layers) == 0:
             set_("layers", None)
@@ -67,8 +68,7 @@ class BertSettings:
                    precision: str = "fp32", dlatk_compat: bool = False,
                    bert_tokenizer_model: str | None = None) -> BertSettings:
         """From the flag-named keywords of the CLI and the API (None = the default)."""
-        return cls(bert_model, bert_layers, bert_layer_aggregation or ("concatenate",),
-                   bert_word_aggregation or ("mean",), bert_msg_aggregation or ("mean",),
+        return cls(bert_model, bert_layers, bert_layer_aggregation, bert_word_aggregation, bert_msg_aggregation,
                    bert_no_context, precision, dlatk_compat, bert_tokenizer_model)
 
     def for_model(self, n_layers: int) -> BertSettings:
@@ -92,7 +92,7 @@ class BertSettings:
         name = short_name(self.model) + "_" + ("noc_" if self.no_context else "")
         name += "".join(ABBR[a] for a in ([] if per_message else self.msg_aggregation))
         name += "".join(f"L{k}" for k in self.layers) + "".join(ABBR[a] for a in self.layer_aggregation)
-        if self.word_aggregation != ("mean",):
+        if self.word_aggregation != DEFAULT_WORD_AGGREGATION:
             name += "w" + "".join(ABBR[a] for a in self.word_aggregation)
         if self.precision != "fp32":
             name += f"_{self.precision}"
@@ -178,7 +178,7 @@ def table_name(featname, table, correl, max_len=MAX_NAME):
 
 
 def _aggregations(values, flag, allowed, default):
-    values = tuple([values] if isinstance(values, str) else values or (default,))
+    values = tuple([values] if isinstance(values, str) else values or default)
     for v in values:
         if v not in allowed:
             hint = " (concatenate is for layers only)" if v == "concatenate" else ""

@@ -10,5 +10,7 @@ LAYER_AGGREGATIONS = AGGREGATIONS + ("concatenate",)
 ABBR = {"mean": "me", "median": "md", "max": "ma", "min": "mi", "sum": "su", "std": "st",
         "concatenate": "co"}
 CODES = {name: i for i, name in enumerate(LAYER_AGGREGATIONS)}
+# SPEC §3's defaults (DLATK's): every layer asked for side by side, words and messages averaged
+DEFAULT_LAYER_AGGREGATION, DEFAULT_WORD_AGGREGATION, DEFAULT_MSG_AGGREGATION = ("concatenate",), ("mean",), ("mean",)
 
 
