@@ -22,6 +22,7 @@ from .tables.duck import (DUCKDB_CONFIG, HeldFile, insert_columns, insert_vector
                           waiting_for_lock)
 from .aggregate import ABBR
 
+SLICE_KEYS = 4_000_000  # (group, dimension) values reduced per statement (fill_group_features)
 DUCK_AGG = {"mean": "avg", "median": "median", "max": "max", "min": "min", "sum": "sum",
             "std": "stddev_pop"}
 
@@ -193,32 +194,48 @@ class Stage:
             for name in [self.groups] + self.run_tables:
                 con.execute(f"DROP TABLE IF EXISTS {name}")
 
-    def group_features_sql(self, aggregations, schema=None):
-        """(SQL, params) giving the feature table's rows (id, group_id, feat, value, group_norm).
+    def fill_group_features(self, con, target, aggregations, schema=None, create=False):
+        """INSERT the feature table's rows (id, group_id, feat, value, group_norm) into `target`
+        (with `create`, a temporary table made from them), in id order: by group, aggregation (as
+        given), dimension, ids 1..N. `con` sees the stage (`schema`: its name there when attached).
 
-        Ordered by group, aggregation (as given), dimension; ids 1..N in that order. `schema`
-        names the attached stage when another connection runs it.
-        """
+        The messages' vectors are first copied in group order (a temporary table), then reduced
+        a slice of groups at a time (SLICE_KEYS (group, dimension) values per statement): one
+        GROUP BY over every value of 10^6 messages in 10^5 groups outgrew DuckDB's 1 GB and
+        spilled, growing 30x from 10^5 to 10^6 messages; sliced, it grows 7x (bench/README.md
+        "Growth"). Ids by arithmetic, not by a window over every row: (group's rank, aggregation,
+        dimension) -> ((rank * K) + k) * D + i + 1, every group having all D dimensions."""
         parts, groups = self._names(schema)
+        k_aggs, dims = len(aggregations), self._dims()
         aggs = ", ".join(f"{DUCK_AGG[a]}(v) AS a{k}" for k, a in enumerate(aggregations))
-        long = " UNION ALL ".join(f"SELECT group_id, {k} AS k, i, a{k} AS value FROM a"
-                                  for k in range(len(aggregations)))
-        # messages joined to their groups before their vectors are unnested: whichever side DuckDB
-        # builds its hash table on is then a table of messages, never one of every value (which ran
-        # out of memory at 10^6 messages once the stage had partitions)
-        u = " UNION ALL ".join(f"SELECT g.group_id, unnest(range(len(s.vec))) AS i, unnest(s.vec) AS v FROM {groups} g"
-                               f" JOIN {p} s USING (message_id)" for p in parts)
-        # ids by arithmetic, not by a window over every row: (group's rank, aggregation, dimension)
-        # -> ((rank * K) + k) * D + i + 1, every group having all D dimensions of each aggregation
-        # (the same ids; at 10^6 messages the write took 80 s instead of 86, bench/README "Growth")
-        dims = self._dims()
-        sql = (f"WITH u AS ({u}), a AS (SELECT group_id, i, {aggs} FROM u GROUP BY group_id, i),"
-               f" l AS ({long}), r AS (SELECT group_id, row_number() OVER (ORDER BY group_id) - 1 AS rank"
-               f" FROM (SELECT DISTINCT group_id FROM {groups}))"
-               f" SELECT (r.rank * {len(aggregations)} + l.k) * {dims} + l.i + 1 AS id, group_id,"
-               " CAST(l.i AS VARCHAR) || list_extract(?, l.k + 1) AS feat, l.value, l.value AS group_norm"
-               " FROM l JOIN r USING (group_id) ORDER BY id")
-        return sql, [[ABBR[a] for a in aggregations]]
+        long = " UNION ALL ".join(f"SELECT rank, {k} AS k, i, a{k} AS value FROM a" for k in range(k_aggs))
+        # messages joined to their groups before their vectors are read: whichever side DuckDB
+        # builds its hash table on is a table of messages, never one of vectors
+        vectors = " UNION ALL ".join(f"SELECT g.group_id, s.vec FROM {groups} g JOIN {p} s USING (message_id)"
+                                     for p in parts)
+        try:
+            con.execute("CREATE OR REPLACE TEMP TABLE bertfeat_ranks AS SELECT group_id,"
+                        " (row_number() OVER (ORDER BY group_id) - 1)::BIGINT AS rank"
+                        f" FROM (SELECT DISTINCT group_id FROM {groups})")
+            con.execute("CREATE OR REPLACE TEMP TABLE bertfeat_by_group AS SELECT r.rank, v.vec"
+                        f" FROM ({vectors}) v JOIN temp.bertfeat_ranks r USING (group_id) ORDER BY r.rank")
+            n_groups = con.execute("SELECT count(*) FROM temp.bertfeat_ranks").fetchall()[0][0]
+            per_slice = max(1, SLICE_KEYS // max(1, k_aggs * dims))
+            for lo in range(0, max(n_groups, 1), per_slice):
+                sql = (f"WITH u AS (SELECT rank, unnest(range(len(vec))) AS i, unnest(vec) AS v"
+                       f" FROM temp.bertfeat_by_group WHERE rank >= {lo} AND rank < {lo + per_slice}),"
+                       f" a AS (SELECT rank, i, {aggs} FROM u GROUP BY rank, i), l AS ({long})"
+                       f" SELECT (l.rank * {k_aggs} + l.k) * {dims} + l.i + 1 AS id, r.group_id,"
+                       " CAST(l.i AS VARCHAR) || list_extract(?, l.k + 1) AS feat, l.value, l.value AS group_norm"
+                       " FROM l JOIN temp.bertfeat_ranks r USING (rank) ORDER BY id")
+                params = [[ABBR[a] for a in aggregations]]
+                if create and lo == 0:
+                    con.execute(f"CREATE TEMP TABLE {target} AS {sql}", params)
+                else:
+                    con.execute(f"INSERT INTO {target} {sql}", params)
+        finally:
+            con.execute("DROP TABLE IF EXISTS temp.bertfeat_by_group")
+            con.execute("DROP TABLE IF EXISTS temp.bertfeat_ranks")
 
     def _dims(self):
         """The staged vectors' dimensions (every vector of a key has the same)."""
@@ -229,14 +246,18 @@ class Stage:
                     return int(row[0][0])
         return 0
 
-    def message_features_sql(self, schema=None):
-        """(SQL, params) giving the message-level table's rows, features named by dimension."""
+    def fill_message_features(self, con, target, schema=None, create=False):
+        """INSERT the message-level table's rows into `target` (as fill_group_features), features
+        named by dimension, ids by (message's rank, dimension) -> rank * D + i + 1."""
         parts, groups = self._names(schema)
+        dims = self._dims()
         rows = " UNION ALL ".join(f"SELECT message_id, unnest(range(len(vec))) AS i, unnest(vec) AS v FROM {p}"
                                   f" WHERE message_id IN (SELECT message_id FROM {groups})" for p in parts)
-        sql = ("SELECT row_number() OVER (ORDER BY message_id, i) AS id, message_id AS group_id,"
-               f" CAST(i AS VARCHAR) AS feat, v AS value, v AS group_norm FROM ({rows}) ORDER BY id")
-        return sql, []
+        sql = (f"WITH r AS (SELECT message_id, (row_number() OVER (ORDER BY message_id) - 1)::BIGINT AS rank"
+               f" FROM (SELECT DISTINCT message_id FROM {groups}))"
+               f" SELECT r.rank * {dims} + u.i + 1 AS id, message_id AS group_id, CAST(u.i AS VARCHAR) AS feat,"
+               f" u.v AS value, u.v AS group_norm FROM ({rows}) u JOIN r USING (message_id) ORDER BY id")
+        con.execute(f"CREATE TEMP TABLE {target} AS {sql}" if create else f"INSERT INTO {target} {sql}")
 
     def _names(self, schema):
         """([the key's partitions], this run's groups table), prefixed with `schema`."""
@@ -245,21 +266,39 @@ class Stage:
             parts = self._partitions(con)
         return [prefix + p for p in parts], prefix + self.groups
 
-    def to_csv(self, sql, params, path):
-        """Write one of the *_sql queries' rows to `path` as CSV (no header, every field in double
-        quotes, a quote inside doubled, NULL as an unquoted NULL), straight from the stage file:
+    def to_csv(self, fill, path):
+        """Write the rows `fill` (fill_group_features or fill_message_features, its other
+        arguments bound) makes to `path` as CSV (no header, every field in double quotes, a quote
+        inside doubled, NULL as an unquoted NULL), straight from the stage file, in id order:
         what MySQL's LOAD DATA reads with OPTIONALLY ENCLOSED BY '"' ESCAPED BY ''."""
         # values as DOUBLE: a staged FLOAT written as its own shortest decimal would be read back
         # by MySQL as a different double (5.7e-8 off) than the exact one the INSERT path sends
-        sql = f"SELECT id, group_id, feat, CAST(value AS DOUBLE), CAST(group_norm AS DOUBLE) FROM ({sql})"
-        with self._connection(read_only=True) as con:
-            con.execute(f"COPY ({sql}) TO '{_sql_string(path)}' (FORMAT csv, HEADER false, QUOTE '\"',"
-                        " ESCAPE '\"', FORCE_QUOTE *, NULLSTR 'NULL')", params)
+        with self._connection(read_only=True) as con, _filled(con, fill) as table:
+            con.execute(f"COPY (SELECT id, group_id, feat, CAST(value AS DOUBLE), CAST(group_norm AS DOUBLE)"
+                        f" FROM {table}) TO '{_sql_string(path)}' (FORMAT csv, HEADER false, QUOTE '\"',"
+                        " ESCAPE '\"', FORCE_QUOTE *, NULLSTR 'NULL')")
+
+    def filled_rows(self, fill, batch_size=50_000):
+        """The rows `fill` makes (as to_csv), in id order, in batches."""
+        with self._connection(read_only=True) as con, _filled(con, fill) as table:
+            cur = con.execute(f"SELECT * FROM {table}")
+            while batch := cur.fetchmany(batch_size):
+                yield batch
 
     def rows(self, sql, params, batch_size=50_000):
-        """Run one of the *_sql queries on a read-only connection to the stage file, in batches."""
+        """Run a query on a read-only connection to the stage file, in batches."""
         with self._connection(read_only=True) as con:
             cur = con.execute(sql, params)
             while batch := cur.fetchmany(batch_size):
                 yield batch
 
+
+@contextlib.contextmanager
+def _filled(con, fill):
+    """A temporary table of the rows `fill` makes on `con` (read in insertion order: id order),
+    dropped after the block."""
+    fill(con, "bertfeat_rows", create=True)
+    try:
+        yield "temp.bertfeat_rows"
+    finally:
+        con.execute("DROP TABLE IF EXISTS temp.bertfeat_rows")

@@ -56,8 +56,8 @@ if hook == "staging":  # inside the chunk's transaction: rows deleted, new ones 
 if hook == "write":  # the feature table half written under its temporary name
     for cls in (duck.DuckEngine, mysql.MySQLEngine):
         def make(orig):
-            def staged(self, table, stage, make_sql, extra):
-                orig(self, table, stage, make_sql, extra); pause(hook)
+            def staged(self, table, stage, fill):
+                orig(self, table, stage, fill); pause(hook)
             return staged
         cls.insert_staged = make(cls.insert_staged)
 if hook.startswith("split:"):

@@ -97,7 +97,7 @@ class _Stage:
     def __init__(self, rows, fail):
         self.rows, self.fail = rows, fail
 
-    def to_csv(self, sql, params, path):
+    def to_csv(self, fill, path):
         with open(path, "w") as f:
             for k in range(self.rows):
                 f.write(f'"{k}","g","0me","0.5","0.5"\n')
@@ -124,7 +124,7 @@ def test_streamed_csv_never_hangs_and_never_hides_a_short_file(tmp_path):
     def read_all(rows, fail):
         path = str(tmp_path / f"rows_{rows}_{fail}.csv")
         try:
-            with _streamed_csv(_Stage(rows, fail), ("", []), path) as complete:
+            with _streamed_csv(_Stage(rows, fail), None, path) as complete:
                 with open(path) as f:
                     n = sum(1 for _ in f)
                 complete()
@@ -139,7 +139,7 @@ def test_streamed_csv_never_hangs_and_never_hides_a_short_file(tmp_path):
     def reader_fails():
         path = str(tmp_path / "early.csv")
         try:
-            with _streamed_csv(_Stage(2_000_000, False), ("", []), path):
+            with _streamed_csv(_Stage(2_000_000, False), None, path):
                 with open(path) as f:
                     f.readline()
                 raise ValueError("the server refused")
@@ -160,8 +160,11 @@ def test_a_stage_failing_mid_load_leaves_no_table(tmp_path, mysql_db, monkeypatc
               progress=False, **conn)
     real = Stage.to_csv
 
-    def breaks(self, sql, params, path):
-        real(self, sql + " LIMIT 5", params, path)  # part of the rows, then an error
+    def breaks(self, fill, path):
+        whole = str(tmp_path / "whole.csv")
+        real(self, fill, whole)
+        with open(whole) as f, open(path, "w") as out:
+            out.writelines(f.readlines()[:5])  # part of the rows, then an error
         raise OSError("disk gone")
     monkeypatch.setattr(Stage, "to_csv", breaks)
     with pytest.raises(OSError, match="disk gone"):

@@ -318,17 +318,16 @@ def test_duckdb_out_of_memory_writing_a_table_is_one_line_saying_what_to_do(tiny
     cures, and no half-written table is left."""
     import duckdb
 
-    from bertfeat.tables.duck import DuckEngine
+    from bertfeat.stage import Stage
     conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}
     bertfeat.import_csv("c", "msgs", str(big_csv(tmp_path / "m.csv", copies=1)), progress=False, **conn)
-    real, writes = DuckEngine.insert_from_file, []
+    real, writes = Stage.fill_message_features, []
 
-    def message_table_outgrows_memory(self, table, *args):
-        writes.append(table)
-        if len(writes) == 2:  # the group table first, then the message-level one
-            raise duckdb.OutOfMemoryException("Out of Memory Error: could not allocate block of size 256.0 KiB")
-        return real(self, table, *args)
-    monkeypatch.setattr(DuckEngine, "insert_from_file", message_table_outgrows_memory)
+    def message_table_outgrows_memory(self, con, target, *args, **kw):
+        writes.append(target.strip('"'))
+        real(self, con, target, *args, **kw)  # rows inserted, then DuckDB gives up
+        raise duckdb.OutOfMemoryException("Out of Memory Error: could not allocate block of size 256.0 KiB")
+    monkeypatch.setattr(Stage, "fill_message_features", message_table_outgrows_memory)
     with connect("c", **conn) as engine:
         before = set(engine.tables())
     with pytest.raises(bertfeat.BertfeatError, match="memory limit .*BERTFEAT_DUCKDB_MEMORY.*--db_engine mysql"):
@@ -336,4 +335,4 @@ def test_duckdb_out_of_memory_writing_a_table_is_one_line_saying_what_to_do(tiny
                           model_dir=str(tmp_path / "models"), stage_dir=str(tmp_path / "s"), progress=False, **conn)
     with connect("c", **conn) as engine:
         made = set(engine.tables()) - before
-    assert writes[1] not in made and not [t for t in made if "message_id" in t], made  # nothing half-written
+    assert writes[0] not in made and not [t for t in made if "message_id" in t], made  # nothing half-written

@@ -2,6 +2,7 @@
 gives the same feature tables as one table, reuses every vector on a rerun, and keeps one row
 per message when a message's text changes."""
 import duckdb
+import pytest
 import numpy as np
 
 import bertfeat
@@ -58,3 +59,31 @@ def test_a_partitioned_stage_gives_the_same_tables_and_reuses_them(tiny_bert_mod
         rows = con.execute(f"SELECT message_id, count(*) FROM ({union}) GROUP BY message_id HAVING count(*) > 1"
                            ).fetchall()
     assert rows == []
+
+
+@pytest.mark.parametrize("engine_name", ["duckdb", "mysql"])
+def test_groups_reduced_in_slices_give_the_same_tables(engine_name, tiny_bert_model, tmp_path, monkeypatch, request):
+    """The feature table is reduced a slice of groups at a time (stage.SLICE_KEYS values per
+    statement, so DuckDB's aggregation stays in memory at 10^6 messages): slices of one or two
+    groups give the same rows, ids included, as one slice, bit for bit, through each engine's
+    write path (DuckDB attaches the stage; MySQL loads its CSV)."""
+    conn = ({"db_engine": "duckdb", "db_dir": str(tmp_path)} if engine_name == "duckdb"
+            else request.getfixturevalue("mysql_db")[1])
+    db = "p" if engine_name == "duckdb" else request.getfixturevalue("mysql_db")[0]
+    with connect(db, create=True, **conn) as engine:
+        engine.execute("CREATE TABLE msgs (message_id BIGINT, user_id BIGINT, message VARCHAR(200))")
+        engine.insert_rows("msgs", ["message_id", "user_id", "message"], MESSAGES)
+        engine.commit()
+    kw = dict(bert_model=tiny_bert_model, bert_layers=[1], model_dir=str(tmp_path / "m"), progress=False,
+              bert_msg_aggregation=["mean", "max"], bert_keep_msg=True, **conn)
+
+    def tables(stage):
+        s = bertfeat.add_bert(db, "msgs", "user_id", stage_dir=str(tmp_path / stage), **kw)
+        with connect(db, **conn) as engine:
+            return {t: engine.query(f"SELECT id, group_id, feat, value, group_norm FROM {engine.q(s[t])} ORDER BY id")
+                    for t in ("table", "message_table")}
+    whole = tables("one")
+    dims = len(whole["message_table"]) // len(MESSAGES)
+    monkeypatch.setattr(stage_module, "SLICE_KEYS", 2 * dims * 2 - 1)  # one group (mean and max) per slice
+    assert tables("sliced") == whole
+    assert [r[0] for r in whole["table"]] == list(range(1, 5 * 2 * dims + 1))  # 5 groups x 2 aggregations

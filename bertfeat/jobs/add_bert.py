@@ -5,6 +5,7 @@ each chunk finishes, so a killed run resumes where it stopped and memory stays b
 chunk, not the table. The feature table is built from the stage, written under a temporary
 name and renamed, so a half-written table never looks complete.
 """
+import functools
 import os
 import time
 from dataclasses import replace
@@ -77,10 +78,10 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
         finally:
             for e in made:
                 e.close()
-        written = _write_feature_table(engine, stage, feat_table, stage.group_features_sql,
-                                       (list(settings.msg_aggregation),), types[correl_field])
+        written = _write_feature_table(engine, stage, feat_table, functools.partial(
+            stage.fill_group_features, aggregations=list(settings.msg_aggregation)), types[correl_field])
         if bert_keep_msg:
-            _write_feature_table(engine, stage, msg_table, stage.message_features_sql, (), types[messageid_field])
+            _write_feature_table(engine, stage, msg_table, stage.fill_message_features, types[messageid_field])
         kept = {}
         if bert_keep_tokens or bert_word_types:
             from ..embedder import MessageEmbedder
@@ -421,7 +422,7 @@ def _duck_type(sql_type):
     return "BIGINT" if "int" in t else "VARCHAR"
 
 
-def _write_feature_table(engine, stage, out_table, make_sql, extra, group_sql_type):
+def _write_feature_table(engine, stage, out_table, fill, group_sql_type):
     """Write under a temporary name unique to this run, then swap it in: an interrupted write
     never looks complete, concurrent runs never share a name, readers never see no table.
 
@@ -431,7 +432,7 @@ def _write_feature_table(engine, stage, out_table, make_sql, extra, group_sql_ty
     tmp = engine.temp_name(out_table)
     engine.create_feature_table(tmp, engine.feature_group_type(group_sql_type))
     try:
-        engine.insert_staged(tmp, stage, make_sql, extra)
+        engine.insert_staged(tmp, stage, fill)
         n = engine.query(f"SELECT count(*) FROM {engine.q(tmp)}")[0][0]
         engine.swap_in(tmp, out_table)
     except BaseException:

@@ -272,9 +272,10 @@ class Engine:
         """The feature table's group_id type for a correl field of SQL type `source_type`."""
         return source_type
 
-    def insert_staged(self, table, stage, make_sql, extra):
-        """INSERT INTO `table` the rows the stage computes with `make_sql(*extra)`."""
-        for rows in stage.rows(*make_sql(*extra)):
+    def insert_staged(self, table, stage, fill):
+        """INSERT INTO `table` the rows `fill` makes from the stage (Stage.fill_group_features or
+        fill_message_features, its other arguments bound)."""
+        for rows in stage.filled_rows(fill):
             self.insert_rows(table, ["id", "group_id", "feat", "value", "group_norm"], rows)
             self.commit()
 

@@ -26,7 +26,7 @@ MYSQL_TYPES = {"BIGINT": "BIGINT", "INTEGER": "INT", "SMALLINT": "SMALLINT", "TI
 
 
 @contextlib.contextmanager
-def _streamed_csv(stage, sql_params, path):
+def _streamed_csv(stage, fill, path):
     """`path` holds the stage's rows as CSV (Stage.to_csv) while the block reads it once, start
     to end. Where the OS has named pipes it is one: DuckDB writes into it from a thread while
     the block's reader (LOAD DATA LOCAL INFILE) takes the rows, so no temporary file holds the
@@ -35,7 +35,7 @@ def _streamed_csv(stage, sql_params, path):
     end (before it commits): it raises the writer's error, if any (the reader then saw a short
     file). A failure on either side ends the other."""
     if not hasattr(os, "mkfifo"):
-        stage.to_csv(*sql_params, path)
+        stage.to_csv(fill, path)
         yield lambda: None
         return
     import threading
@@ -44,7 +44,7 @@ def _streamed_csv(stage, sql_params, path):
 
     def write():
         try:
-            stage.to_csv(*sql_params, path)
+            stage.to_csv(fill, path)
         except BaseException as e:  # raised in the caller's thread below
             failed.append(e)
         finally:  # after a failure, a reader still waiting for the pipe to open gets an end of file
@@ -273,7 +273,7 @@ class MySQLEngine(Engine):
 
     write_path = None  # how the last feature table was written: "load data" or "executemany"
 
-    def insert_staged(self, table, stage, make_sql, extra):
+    def insert_staged(self, table, stage, fill):
         """The stage's rows into `table`: by LOAD DATA LOCAL INFILE from a CSV the stage writes
         (1.6-1.7x executemany's rate, bench/README.md "MySQL writes") where the server allows it
         (`local_infile`), else by the driver's multi-row INSERTs. The same table either way
@@ -282,7 +282,7 @@ class MySQLEngine(Engine):
             import tempfile
             with tempfile.TemporaryDirectory(prefix="bertfeat-load-") as folder:
                 path = os.path.join(folder, "rows.csv")
-                with _streamed_csv(stage, make_sql(*extra), path) as complete:
+                with _streamed_csv(stage, fill, path) as complete:
                     con = self._connect(self.db, local_infile=True)
                     try:
                         with con.cursor() as cur:
@@ -302,7 +302,7 @@ class MySQLEngine(Engine):
             self.write_path = "load data"
             return
         self.write_path = "executemany"
-        super().insert_staged(table, stage, make_sql, extra)
+        super().insert_staged(table, stage, fill)
 
     def _local_infile_allowed(self):
         """The server accepts LOAD DATA LOCAL (checked once per connection; BERTFEAT_MYSQL_LOAD_DATA=0
