@@ -34,7 +34,7 @@ def stage_key(settings):
 # DuckDB (2.0) rewrites a table's recent row groups when it checkpoints after an append, and
 # that work grew with the table: per-chunk appends to one table took 1.5x as long per row at
 # 4e5 rows as at 1e5, and left the file 1.4-1.9x its data. Tables of at most this many rows
-# keep both flat (bench/README.md "Growth": the stage's partitions).
+# keep both flat (bench/LOG.md "Growth": the stage's partitions).
 PARTITION_ROWS = 100_000
 _GROUPS_RE = re.compile(r"^groups_[0-9a-f]+_([0-9a-f]{8})_([0-9]+)_[0-9a-f]{8}$")  # host, pid
 
@@ -202,7 +202,7 @@ class Stage:
         The messages' vectors are first copied in group order (a temporary table), then reduced
         a slice of groups at a time (SLICE_KEYS (group, dimension) values per statement): one
         GROUP BY over every value of 10^6 messages in 10^5 groups outgrew DuckDB's 1 GB and
-        spilled, growing 30x from 10^5 to 10^6 messages; sliced, it grows 7x (bench/README.md
+        spilled, growing 30x from 10^5 to 10^6 messages; sliced, it grows 7x (bench/LOG.md
         "Growth"). Ids by arithmetic, not by a window over every row: (group's rank, aggregation,
         dimension) -> ((rank * K) + k) * D + i + 1, every group having all D dimensions."""
         parts, groups = self._names(schema)

@@ -313,7 +313,7 @@ def test_temporary_tables_of_killed_runs_are_dropped(engine_name, tmp_path, requ
 
 def test_duckdb_out_of_memory_writing_a_table_is_one_line_saying_what_to_do(tiny_bert, tmp_path, monkeypatch):
     """Issue 24: at 10^6 posts the message-level table (3.8e8 rows) outgrew the 1 GB DuckDB is
-    given, whose primary key and indexes are held in memory (bench/README.md "Growth"). DuckDB's
+    given, whose primary key and indexes are held in memory (bench/LOG.md "Growth"). DuckDB's
     own error (here raised where it was raised then) becomes one line naming the limit and the
     cures, and no half-written table is left."""
     import duckdb

@@ -112,7 +112,7 @@ def fuse(raw, target, config):
     opt_level=0: the Python fusions alone, without ONNX Runtime's basic graph pass first (a
     session that holds the weights while it writes a second copy). The same fused ops on BERT
     and MPNet, only a few Constant nodes more, which a session folds when it loads: the outputs
-    are bitwise those of opt_level=1 (bench/README.md "Base-size models")."""
+    are bitwise those of opt_level=1 (bench/LOG.md "Base-size models")."""
     import subprocess
     import sys
     target = Path(target)

@@ -18,7 +18,7 @@ test_exporter checks both facts on the CPU that runs the tests.
 - `per_token` (one scale per token): every token's activations get their own scale, so windows batch like
   fp32 and a token's result depends on that token alone. Per token is finer than per window, so
   it also holds on layers where per-window does not (all-MiniLM-L6-v2's last layer), at the
-  cost of a few elementwise ops per GEMM input (bench/README.md "int8 that holds on every layer").
+  cost of a few elementwise ops per GEMM input (bench/LOG.md "int8 that holds on every layer").
   8-bit signed weights where the exporting CPU sums them exactly (VNNI, AMX; the manifest says
   so and the runtime refuses such an export on a CPU without); elsewhere 7-bit ones, and where
   those miss a layer 8-bit unsigned ones: on all-MiniLM-L6-v2's last layer 7-bit weights cost the

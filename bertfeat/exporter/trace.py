@@ -43,7 +43,7 @@ def build_fp32(name, src, depth, tmp, key, previous=None):
     PyTorch runs in a child process of its own (`traced_main`), which exits before ONNX Runtime
     loads the graph: its ~1 GB (libraries, the model's weights, the tracer's copies) is never
     held beside the sessions'; the fusion has a child process of its own (`fuse`). The export's
-    peak is the PyTorch child's (all-mpnet-base-v2: 4.75 -> 2.2 GB, bench/README.md "Base-size models")."""
+    peak is the PyTorch child's (all-mpnet-base-v2: 4.75 -> 2.2 GB, bench/LOG.md "Base-size models")."""
     import subprocess
     import sys
     code = "import sys; from bertfeat.exporter.trace import traced_main; sys.exit(traced_main(*sys.argv[1:]))"

@@ -59,7 +59,7 @@ AGREEMENT_METRIC = "word-piece-mean"  # what `agreement` compares (it was every 
 def release_memory():
     """Hand freed memory back to the OS: a base-size model's PyTorch weights and the fusion's
     ONNX protobufs are ~0.5 GB each, and glibc keeps freed blocks in the process otherwise
-    (bench/README.md "Base-size models": what a base-size export peaks at)."""
+    (bench/LOG.md "Base-size models": what a base-size export peaks at)."""
     import ctypes
     import gc
     gc.collect()

@@ -302,7 +302,10 @@ def _entry(settings, model_dir):
     return settings, entry, manifest
 
 
-LOOKUP_CHUNKS = 16  # chunks read and looked up in the stage together
+# chunks read and looked up in the stage together: the identical-text lookup scans the stage's
+# hashes once per block, a cost that grows with the stage (at 10^6 messages, 16 chunks a block:
+# 90 of a first run's 538 s; bench/LOG.md "Growth"); 64 chunks of 256 messages are 16,384 rows
+LOOKUP_CHUNKS = 64
 
 
 def _stage_messages(engine, stage, source, fields, from_stoks, make_executor, chunk_messages, progress,
@@ -346,7 +349,7 @@ def _stage_messages(engine, stage, source, fields, from_stoks, make_executor, ch
 
     # rows are read, and looked up in the stage, LOOKUP_CHUNKS chunks at a time: the lookup of
     # another message's identical text scans the whole stage, so it runs once per block, not
-    # once per chunk (bench/README.md "Growth"); inference still gets a chunk at a time
+    # once per chunk (bench/LOG.md "Growth"); inference still gets a chunk at a time
     total, null_ids, batches = engine.by_id(source, fields[0], list(fields), chunk_messages * LOOKUP_CHUNKS)
     if null_ids:
         skip("NULL message_id", null_ids)

@@ -19,7 +19,7 @@ DEFAULT_LOCK_TIMEOUT = 600.0  # seconds a run waits for a DuckDB file another pr
 
 # DuckDB's own default is 80% of the machine's memory: writing a 10^5-message table (3.8*10^7
 # rows, numbered in order) took 4.1 GB. With a limit it spills to a temporary folder beside the
-# database file (bench/README.md "Growth").
+# database file (bench/LOG.md "Growth").
 DUCKDB_CONFIG = {"memory_limit": os.environ.get("BERTFEAT_DUCKDB_MEMORY", "1GB")}
 
 
@@ -134,7 +134,7 @@ class DuckEngine(Engine):
         """The rows `fill` makes from the stage (attached read-only: they never pass through
         Python) into feature table `table` (made by create_feature_table), then its primary key:
         built after the rows, the key of 3.84e7 rows takes 11.3 s instead of 13.9 s checked row by
-        row during the insert (DuckDB 2.0.1, 1 GB limit; bench/README.md "Growth")."""
+        row during the insert (DuckDB 2.0.1, 1 GB limit; bench/LOG.md "Growth")."""
         with _memory_limit_says_what_to_do(table):
             with self.attached(stage.path, "bertfeat_stage") as con:
                 fill(con, self.q(table), schema="bertfeat_stage")
@@ -208,7 +208,7 @@ def _memory_limit_says_what_to_do(table):
     """DuckDB's out-of-memory error while writing a feature table, as one line that says what to
     do. Its primary key and indexes (SPEC §1) are ART indexes held in memory: a table of ~10^8
     rows (the message-level table of 10^6 posts x 384 dimensions is 3.8e8) needs more than the
-    1 GB bertfeat gives DuckDB by default (bench/README.md "Growth")."""
+    1 GB bertfeat gives DuckDB by default (bench/LOG.md "Growth")."""
     try:
         yield
     except duckdb.OutOfMemoryException as e:
@@ -289,7 +289,7 @@ def insert_columns(con, quoted_table, quoted_columns, rows):
 def insert_vectors(con, quoted_table, message_ids, text_hashes, vectors):
     """INSERT (message_id, text_hash, vec) rows, `vectors` [n, d]: the vectors go in as one scan
     of a numpy array DuckDB reads in place (binding 384 floats a row as Python values took ~9x
-    as long: bench/README.md "Scale-out"), the ids and hashes as bound lists."""
+    as long: bench/LOG.md "Scale-out"), the ids and hashes as bound lists."""
     insert_with_vectors(con, quoted_table, ["message_id", "text_hash"], [message_ids, text_hashes],
                         [("vec", vectors)])
 

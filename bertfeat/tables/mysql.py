@@ -1,6 +1,6 @@
 """MySQL / MariaDB engine through PyMySQL; settings from ~/.my.cnf as DLATK does.
 
-Why PyMySQL (bench/README.md, "MySQL writes"): mysql-connector-python 9.2+ rewrites every
+Why PyMySQL (bench/LOG.md, "MySQL writes"): mysql-connector-python 9.2+ rewrites every
 statement it executes with a client-side script splitter (DELIMITER and comment handling that
 ignores backslash escapes), so ordinary text such as "the delimiter between ... it's" broke
 multi-row INSERTs (issue 9). PyMySQL escapes each value and joins them into multi-row INSERTs
@@ -275,7 +275,7 @@ class MySQLEngine(Engine):
 
     def insert_staged(self, table, stage, fill):
         """The stage's rows into `table`: by LOAD DATA LOCAL INFILE from a CSV the stage writes
-        (1.6-1.7x executemany's rate, bench/README.md "MySQL writes") where the server allows it
+        (1.6-1.7x executemany's rate, bench/LOG.md "MySQL writes") where the server allows it
         (`local_infile`), else by the driver's multi-row INSERTs. The same table either way
         (tests/test_ids_compare_bytewise.py, test_mysql_write_paths). `write_path` says which."""
         if self._local_infile_allowed():

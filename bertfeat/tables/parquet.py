@@ -1,6 +1,6 @@
 """Feature tables as Parquet files, for pandas, polars and R arrow users who do not use SQL.
 
-Layouts (issue 25; the choice and its numbers are in bench/README.md "Parquet"):
+Layouts (issue 25; the choice and its numbers are in bench/LOG.md "Parquet"):
 - `wide` (default): one row per group, `group_id` then one DOUBLE column per feature in the
   table's id order (`0me`, `1me`, ...): `pd.read_parquet(f).set_index("group_id")` is the
   groups x features matrix. A (group, feature) the table has no row for is NULL.
