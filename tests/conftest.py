@@ -6,14 +6,7 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parent / "data"  # copied from shared/data (see data/README.md)
-MSGS_CSV = DATA / "msgs100u.csv"
-USERS_CSV = DATA / "users100.csv"
-MYSQL = {"db_engine": "mysql", "mysql_host": os.environ.get("BERTFEAT_TEST_MYSQL_HOST", "127.0.0.1"),
-         "mysql_port": int(os.environ.get("BERTFEAT_TEST_MYSQL_PORT", "3306")),
-         "mysql_user": os.environ.get("BERTFEAT_TEST_MYSQL_USER", "root"),
-         "mysql_config_file": str(Path(__file__).resolve().parent / "data" / "client_only.my.cnf")}
-# (an option file with an empty [client] section: the tests never read the user's ~/.my.cnf)
+from helpers import MSGS_CSV, MYSQL, USERS_CSV, mysql_reachable, write_rows_csv
 
 
 def pytest_configure(config):
@@ -74,21 +67,10 @@ def duck(tmp_path):
     return {"db_engine": "duckdb", "db_dir": str(tmp_path)}
 
 
-def _mysql_reachable():
-    import pymysql
-    try:
-        con = pymysql.connect(host=MYSQL["mysql_host"], port=MYSQL["mysql_port"],
-                              user=MYSQL["mysql_user"], connect_timeout=3)
-        con.close()
-        return None
-    except pymysql.err.MySQLError as e:
-        return str(e)
-
-
 @pytest.fixture
 def mysql_db():
     """(database name, connection keywords) for a fresh MariaDB database, dropped afterwards."""
-    problem = _mysql_reachable()
+    problem = mysql_reachable()
     if problem:
         if os.environ.get("BERTFEAT_REQUIRE_MYSQL"):
             pytest.fail(f"MySQL required (BERTFEAT_REQUIRE_MYSQL) but unreachable: {problem}")
@@ -100,16 +82,6 @@ def mysql_db():
                           user=MYSQL["mysql_user"])
     con.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
     con.close()
-
-
-def write_rows_csv(path, rows):
-    """`rows` (dicts with the same keys) as a CSV file at `path`, header first; returns `path`."""
-    rows = list(rows)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -132,39 +104,3 @@ def msgs100u_features(msgs_csv, tmp_path_factory):
     return {"conn": conn, "summary": s, "model_dir": model_dir, "stage_dir": str(work), "rows": rows}
 
 
-# A child process's prelude that prints "staged N" after each batch of vectors the stage commits.
-NOISY_STAGE = """
-import sys, bertfeat
-from bertfeat.stage import Stage
-put = Stage.put
-def noisy(self, rows, *more):
-    put(self, rows, *more)
-    if rows:
-        print("staged", len(rows), flush=True)
-Stage.put = noisy
-"""
-
-
-def kill_at(child, prefix, n):
-    """SIGKILL `child` (no cleanup of any kind) once it has printed `n` lines starting with
-    `prefix`; returns how many it printed."""
-    seen = 0
-    for line in child.stdout:
-        if line.startswith(prefix):
-            seen += 1
-            if seen == n:
-                child.kill()
-                break
-    child.wait()
-    return seen
-
-
-def message_windows(entry, messages):
-    """SPEC §3 windows of `messages` (each a list of sentences) for the cache entry's tokenizer:
-    neighbouring sentences as pairs, a one-sentence message alone, long sentences cut."""
-    from bertfeat.models import read_manifest
-    from bertfeat.text import windows
-    tokenizer = windows.load_tokenizer(Path(entry) / "tokenizer.json")
-    limit = windows.piece_limit(read_manifest(entry)["max_positions"])
-    pieces = [windows.split_long(windows.word_pieces(tokenizer, sents), limit) for sents in messages]
-    return windows.plan(windows.learn_template(tokenizer), pieces).windows

@@ -14,9 +14,7 @@ from bertfeat.exporter import locate
 from bertfeat.runtime import Encoder
 from bertfeat.predict import RIDGE_ALPHAS, nfold_test
 from bertfeat.tables import connect
-from test_predict import KEYS
-
-from conftest import message_windows, write_rows_csv
+from helpers import KEYS, message_windows, real_windows, worst_window_cosines, write_rows_csv
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -121,27 +119,6 @@ def test_an_int8_layer_refused_by_an_older_recipe_is_exported_again(msgs100u_fea
                           model_dir=str(cache), stage_dir=str(tmp_path), progress=False,
                           bert_table_name="feat$older_recipe", **conn)
     assert s["table"] == "feat$older_recipe" and s["groups"] > 0 and s["messages"] == 12
-
-
-def real_windows(encoder, n=400):
-    """SPEC §3 windows of msgs100u's posts, an even sample of n."""
-    import csv
-    from bertfeat.text.sentences import split_sentences
-    from conftest import MSGS_CSV
-    with open(MSGS_CSV, encoding="utf-8", newline="") as f:
-        out = message_windows(encoder.entry, [split_sentences(r["message"]) for r in csv.DictReader(f)])
-    return out[::max(1, len(out) // n)][:n]
-
-
-def worst_window_cosines(ref, got, n_layers):
-    """Per layer, the smallest cosine between a window's token-mean vectors in `ref` and `got`
-    (each a list of [layers, tokens, H] arrays, one per window)."""
-    worst = []
-    for k in range(n_layers):
-        a = np.stack([r[k].mean(0) for r in ref])
-        b = np.stack([g[k].mean(0) for g in got])
-        worst.append(float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min()))
-    return worst
 
 
 def test_int8_every_layer_is_refused_or_agrees_on_real_text(msgs100u_features, tmp_path):

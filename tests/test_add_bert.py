@@ -11,9 +11,8 @@ import pytest
 
 import bertfeat
 from bertfeat.tables import connect
-
-from conftest import NOISY_STAGE, kill_at, write_rows_csv
 from reference import Reference, feature_vectors, load_messages
+from helpers import kill_at, NOISY_STAGE, write_rows_csv
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 FEAT = "feat$all_Mi_L6_v2_meL4co$msgs$user_id$16to16"

@@ -14,8 +14,7 @@ from bertfeat.embedder import MessageEmbedder
 from bertfeat.exporter import export
 from bertfeat.models import MIN_COSINE, read_manifest
 from bertfeat.text.sentences import split_sentences
-
-from conftest import MSGS_CSV
+from helpers import MSGS_CSV
 
 pytestmark = pytest.mark.base
 pytest.importorskip("torch", reason="the exporter needs torch (pip install 'bertfeat[export]')")

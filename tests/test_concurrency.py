@@ -14,9 +14,7 @@ import pytest
 
 import bertfeat
 from bertfeat.tables import connect
-
-from conftest import NOISY_STAGE
-from test_reliability import big_csv, feature_rows
+from helpers import big_csv, feature_rows, NOISY_STAGE
 
 CHILD = NOISY_STAGE + """
 conn = eval(sys.argv[4])

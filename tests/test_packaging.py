@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from helpers import one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 ORT = {"onnxruntime", "onnxruntime-gpu"}
@@ -82,7 +83,6 @@ def run_cli(prelude, *args, cwd):
 
 
 def test_two_runtimes_installed_is_one_line_for_cuda(tmp_path, msgs_csv):
-    from test_cli import one_line_error
     fake = tmp_path / "site"
     info = fake / "onnxruntime_gpu-1.26.0.dist-info"  # as if pip had installed the GPU build too
     info.mkdir(parents=True)
@@ -96,7 +96,6 @@ def test_two_runtimes_installed_is_one_line_for_cuda(tmp_path, msgs_csv):
 
 
 def test_no_runtime_installed_is_one_line(tmp_path):
-    from test_cli import one_line_error
     prelude = "sys.modules['onnxruntime'] = None  # as if neither build were installed"
     one_line_error(run_cli(prelude, "-d", "d", "--db_dir", str(tmp_path), "-t", "msgs", "-c", "user_id",
                            "--add_bert", cwd=tmp_path), "ONNX Runtime is not installed", "bertfeat[cpu]")

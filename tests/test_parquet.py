@@ -10,8 +10,7 @@ import pytest
 
 import bertfeat
 from bertfeat.tables import connect
-
-from conftest import write_rows_csv
+from helpers import write_rows_csv
 
 pytest.importorskip("torch", reason="the tiny test model is made with torch (pip install 'bertfeat[export]')")
 

@@ -7,11 +7,6 @@ import bertfeat  # noqa: F401
 from bertfeat.predict import nfold_test
 from bertfeat.tables import connect
 
-KEYS = ("N R R2 R2_folds mae mae_folds mse mse_folds num_features r r_folds r_p r_p_folds rho rho_p"
-        " se_R2_folds se_mae_folds se_mse_folds se_r_folds se_r_p_folds se_train_mean_mae_folds test_size"
-        " train_mean_mae train_mean_mae_folds train_size {model_desc} {modelFS_desc}").split()
-
-
 def _planted(tmp_path, shuffle):
     rng = np.random.default_rng(1)
     n, d = 200, 30

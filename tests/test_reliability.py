@@ -10,10 +10,8 @@ import pytest
 import bertfeat
 from bertfeat.tables import connect
 from bertfeat.text.sentences import split_sentences
-
-from conftest import MSGS_CSV, kill_at
-from test_cli import bertfeat as cli
-from test_cli import one_line_error
+from helpers import big_csv, feature_rows, kill_at, one_line_error
+from helpers import run_cli as cli
 
 
 def engine_conn(engine_name, tmp_path, request):
@@ -99,18 +97,6 @@ print("done", flush=True)
 """
 
 
-def big_csv(path, transform=lambda s: s, copies=4):
-    with open(MSGS_CSV, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["message_id", "user_id", "message"])
-        for k in range(copies):
-            for i, r in enumerate(rows):
-                w.writerow([k * 1000 + i + 1, r["user_id"], transform(r["message"])])
-    return path
-
-
 def kill_after(db, conn, batches):
     child = subprocess.Popen([sys.executable, "-c", CHILD, db, repr(conn)], stdout=subprocess.PIPE,
                              text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
@@ -173,11 +159,6 @@ def flip_bytes(path, where):
         f.seek(int(st.st_size * where))
         f.write(bytes(b ^ 0x5A for b in chunk))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def feature_rows(db, conn, table):
-    with connect(db, **conn) as engine:
-        return sorted(engine.query(f"SELECT group_id, feat, value FROM {engine.q(table)}"))
 
 
 @pytest.mark.parametrize("where", [0.5, 0.0005])

@@ -6,8 +6,7 @@ import pytest
 
 import bertfeat
 from bertfeat.tables import connect
-
-from conftest import MSGS_CSV
+from helpers import MSGS_CSV, real_posts, TOKENS
 
 pytest.importorskip("ray", reason="pip install 'bertfeat[ray]'")
 pytest.importorskip("torch", reason="the tiny test model is made with torch (pip install 'bertfeat[export]')")
@@ -109,8 +108,6 @@ def test_hostile_text_and_text_ids_through_worker_shard_reads(tiny, mysql_db, tm
     shards) give the message-level table of the driver's own read."""
     import csv
     import random
-
-    from test_hostile_text import TOKENS, real_posts
     db, conn = mysql_db
     rng = random.Random(13)
     hostile = ["".join(rng.choice(TOKENS) for _ in range(rng.randint(1, 12))) for _ in range(120)]

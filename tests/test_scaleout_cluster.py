@@ -13,8 +13,7 @@ import pytest
 
 import bertfeat
 from bertfeat.tables import connect
-
-from conftest import MSGS_CSV, NOISY_STAGE, kill_at
+from helpers import kill_at, MSGS_CSV, NOISY_STAGE
 
 pytest.importorskip("ray", reason="pip install 'bertfeat[ray]'")
 pytest.importorskip("torch", reason="the tiny test model is made with torch (pip install 'bertfeat[export]')")

@@ -61,3 +61,16 @@ def test_no_private_names_imported_from_another_module():
     private = [f"{where}: {n} from {dst}" for src, dst, names, where in _imports() if src != dst
                for n in names if n.startswith("_") and not n.startswith("__")]
     assert not private, "\n".join(private)
+
+
+def test_test_modules_import_no_other_test_module():
+    """Shared test code lives in tests/helpers.py (and fixtures in conftest.py), so a test
+    module can be read, run or deleted on its own."""
+    tests = Path(__file__).resolve().parent
+    found = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module and (
+                    node.module.startswith("test_") or node.module == "conftest"):
+                found.append(f"{path.name}:{node.lineno}: from {node.module}")
+    assert not found, "\n".join(found)

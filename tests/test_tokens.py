@@ -8,10 +8,9 @@ import pytest
 
 import bertfeat
 from bertfeat.tables import connect
-
-from conftest import MSGS_CSV
 from reference import Reference
 from tiny_models import make_model
+from helpers import MSGS_CSV
 
 pytest.importorskip("torch", reason="the exporter needs torch (pip install 'bertfeat[export]')")
 
