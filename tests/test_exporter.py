@@ -307,35 +307,6 @@ def test_int8_per_token_recipe_agrees_and_batches_on_each_family(family, tiny, t
         assert all(np.array_equal(a, b) for a, b in zip(got["8-bit"], got["8-bit unsigned"]))
 
 
-def test_int8_gemm_sums_are_exact_where_the_recipes_assume_so():
-    """The int8 recipes rest on how ONNX Runtime's int8 GEMM sums on this CPU: u8 x u8 exactly
-    everywhere (widened to 16 bits), u8 x s8 exactly only with VNNI or AMX (elsewhere products are
-    added in pairs into 16 bits and saturate). Checked with the largest products a per-token
-    GEMM can meet: every u8 activation 255, every weight at the top of its range."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-    from bertfeat.runtime import int8_dot_is_exact
-    k, n = 64, 16
-    a = np.full((4, k), 255, np.uint8)
-
-    def matmul(w, w_zero):
-        graph = helper.make_graph(
-            [helper.make_node("MatMulIntegerToFloat", ["a", "w", "one", "one", "a_zero", "w_zero"], ["y"],
-                              domain="com.microsoft")],
-            "gemm", [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, k])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
-            [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(1), "one"),
-             numpy_helper.from_array(np.uint8(128), "a_zero"), numpy_helper.from_array(w_zero, "w_zero")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                        helper.make_opsetid("com.microsoft", 1)])
-        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        return sess.run(None, {"a": a})[0]
-    exact = (255 - 128) * 127 * k
-    assert (matmul(np.full((k, n), 255, np.uint8), np.uint8(128)) == exact).all()
-    assert (matmul(np.full((k, n), 127, np.int8), np.int8(0)) == exact).all() == int8_dot_is_exact()
-    assert (matmul(np.full((k, n), 63, np.int8), np.int8(0)) == (255 - 128) * 63 * k).all()  # 7-bit: exact
-
-
 @pytest.mark.parametrize("plain_faster", [True, False])
 def test_fp32_keeps_the_graph_that_runs_faster_here_and_derived_exports_start_from_the_right_one(
         plain_faster, tiny, tmp_path, monkeypatch):
