@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(items):
     `mysql` for a test that takes the MariaDB fixture (directly, or as its engine parameter),
     `ray` for the scale-out modules, `torch` for a test that makes or exports a model (one of
     TORCH_FIXTURES, or a module that skips itself without torch). `unit` (no export, subprocess,
-    server, Ray or pip) and `slow` (over a minute on a 2-core host) are set by hand."""
+    server, Ray or pip) and `slow` (20 s or more on a 2-core host) are set by hand."""
     needs_torch = {}
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})

@@ -42,6 +42,7 @@ def sampled_cosines(features, precision, step):
     return cos, entry
 
 
+@pytest.mark.slow
 def test_int8_message_vectors_agree_with_fp32(msgs100u_features):
     """Every third msgs100u message (247 of 741, to keep the suite short on slow hosts; every
     window is measured in bench/DECISIONS.md, int8_layers; the gate's test below covers every layer)."""
@@ -51,6 +52,7 @@ def test_int8_message_vectors_agree_with_fp32(msgs100u_features):
     assert manifest["precision"] == "int8" and 4 in manifest.usable_layers()
 
 
+@pytest.mark.slow
 def test_fp16_message_vectors_agree_with_fp32(msgs100u_features):
     """fp16 is meant for CUDA; here, without a GPU, ONNX Runtime runs its half-precision graph on
     the CPU (fp16 weights and activations between ops), which is what the export checks too. On
@@ -96,6 +98,7 @@ def test_an_int8_export_with_8bit_weights_is_refused_where_int8_sums_can_saturat
     assert Encoder(entry).manifest["needs_int8_dot"]
 
 
+@pytest.mark.slow
 def test_an_int8_layer_refused_by_an_older_recipe_is_exported_again(msgs100u_features, tmp_path):
     """A cache from before the per-token recipe holds an int8 export whose last layer was refused;
     asking for that layer makes the current recipe's export (torch is here) instead of refusing."""
@@ -140,6 +143,7 @@ def test_int8_every_layer_is_refused_or_agrees_on_real_text(msgs100u_features, t
         assert all(np.array_equal(int8.run([windows[i]], layers)[0], got[i]) for i in (0, 199, 399))
 
 
+@pytest.mark.slow
 def test_int8_every_layer_holds_on_a_cpu_without_vnni(msgs100u_features, tmp_path, monkeypatch):
     """On a CPU whose u8 x s8 int8 sums can saturate (AVX2, AVX-512 without VNNI), the exporter
     tries 7-bit weights after per window, then 8-bit unsigned ones (exact on every CPU): every

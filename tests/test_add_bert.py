@@ -80,6 +80,7 @@ CASES = [  # every setting of SPEC §3 in four runs (each run is a few seconds o
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "defaults")
 def test_matches_float64_pytorch(case, corpus, reference, model_cache, tmp_path):
     conn, messages = corpus
@@ -130,6 +131,7 @@ def test_long_sentence_is_chunked_and_one_sentence_message_works(corpus, referen
         assert np.linalg.norm(vec - ref) / np.linalg.norm(ref) <= 1e-4, m
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int8", "fp16"])
 def test_order_batch_size_and_threads_do_not_matter(precision, corpus, corpus_csv, model_cache, tmp_path, capfd):
     conn, _ = corpus
@@ -320,6 +322,7 @@ def test_text_group_and_message_ids_on_both_engines(corpus_csv, corpus, model_ca
         assert any(t in types["group_id"].lower() for t in ("char", "text")), types
 
 
+@pytest.mark.slow
 def test_tokenizer_model_splits_words_with_another_tokenizer(corpus, model_cache, tmp_path):
     """DLATK's --tokenizer_model: MiniLM with a cased copy of its tokenizer gives the same
     vectors as a model folder that ships that tokenizer itself, under its own table name."""

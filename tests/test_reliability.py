@@ -161,6 +161,7 @@ def flip_bytes(path, where):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", [0.5, 0.0005])
 def test_a_corrupted_export_is_detected_and_never_poisons_the_stage(where, tiny_bert, tmp_path, capfd):
     conn = {"db_engine": "duckdb", "db_dir": str(tmp_path)}

@@ -33,6 +33,7 @@ def rows(db, conn, table):
         return {(str(g), f): v for g, f, v in engine.query(f"SELECT group_id, feat, value FROM {engine.q(table)}")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, engine", [("fp32", "duckdb"), ("int8", "mysql")])
 def test_ray_gives_the_local_table(precision, engine, tiny, tmp_path, request, monkeypatch, capsys):
     """fp32 within 1e-6 (another batch composition), int8 identical (one window per call either
@@ -102,6 +103,7 @@ def test_sentences_on_ray_are_the_local_table(tmp_path):
         assert engine.query('SELECT * FROM "msgs_stoks" ORDER BY message_id') == want
 
 
+@pytest.mark.slow
 def test_hostile_text_and_text_ids_through_worker_shard_reads(tiny, mysql_db, tmp_path):
     """Generated hostile messages (SQL-breaking quotes, control characters, emoji, RTL...) with
     VARCHAR ids made of the same, in MariaDB: the workers' shard reads (ranges of such ids, 40

@@ -55,6 +55,7 @@ def actor_processes(node_tmp):
     return found
 
 
+@pytest.mark.slow
 def test_two_nodes_a_killed_driver_and_a_killed_actor_give_the_local_table(cluster, tmp_path):
     from tiny_models import make_model
     address, node_tmp = cluster
