@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import BertfeatError, param
+from .errors import BertfeatError, first_line, param
 from .progress import notice
 
 # Models that install from PyPI as a plain HF folder inside a package (offline, no hub).
@@ -103,7 +103,7 @@ class Manifest(dict):
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A model as one run uses it, resolved once (jobs/add_bert.resolve_model): its name, cache
+    """A model as one run uses it, resolved once (resolve_model, below): its name, cache
     entry and manifest, the run's layers, and the tokenizer.json windows are made with (the
     export's own, or --bert_tokenizer_model's). Handed to MessageEmbedder, and to the Ray actors
     with `entry` and `tokenizer` rebuilt on their node (`moved`)."""
@@ -211,6 +211,87 @@ def entry_is_intact(entry, manifest=None, full=False):
     except OSError:
         pass  # a read-only cache is checked in full each time
     return True
+
+
+def resolve_model(settings, model_dir=None, export=None, find_source=None):
+    """(`settings` (settings.BertSettings) with its layers resolved, the ResolvedModel), once per
+    run: the cache entry, made by `export(name, precision, depth, root)` when none fits and the
+    caller passes it (the exporter, where torch is installed), and the tokenizer windows are made
+    with (`find_source(name)` finds a --bert_tokenizer_model given by name). A reduced-precision
+    layer that does not agree with fp32 is a one-line error."""
+    settings, entry, manifest = _entry(settings, model_dir, export, find_source)
+    return settings, ResolvedModel(settings.model, entry, manifest, settings.layers,
+                                   _tokenizer_file(settings.tokenizer, entry, find_source))
+
+
+def _entry(settings, model_dir, export, find_source):
+    """(settings with layers resolved, cache entry, its manifest)."""
+    n_layers = layer_count(settings.model, model_dir, find_source if export else None)
+    settings = settings.for_model(n_layers)
+    entry = locate(settings.model, settings.depth, settings.precision, model_dir, verify=True, export=export)
+    manifest = read_manifest(entry)
+    ok = manifest.usable_layers()
+    weak = [k for k in settings.layers if k not in ok]
+    if weak and export:  # an entry made by an older recipe: the current one may hold there
+        current = export(settings.model, settings.precision, settings.depth, model_dir)
+        if current != entry:
+            entry, manifest = current, read_manifest(current)
+            ok = manifest.usable_layers()
+            weak = [k for k in settings.layers if k not in ok]
+    if weak:
+        per_layer = manifest.layer_cosines or []
+        shown = ", ".join(f"layer {k} {cosine(per_layer[k])}" if k < len(per_layer) else f"layer {k}" for k in weak)
+        raise BertfeatError(
+            f"{param('--precision', settings.precision)} of {settings.model} does not agree with fp32 closely"
+            f" enough on this machine ({shown}; window cosine < {manifest.min_cosine}): use"
+            f" {param('--precision', 'fp32')}" + (f", or {param('--bert_layers')} among {' '.join(map(str, ok))}"
+                                                   if ok else ""))
+    speedup = manifest.speedup_vs_fp32
+    if settings.precision == "int8" and speedup is not None and speedup < INT8_PAYS:
+        notice(f"int8 ran at {speedup}x fp32's speed on the CPU that exported it: no faster here;"
+               f" {param('--precision', 'fp32')} gives exact features at about the same speed")
+    return settings, entry, manifest
+
+
+def _tokenizer_file(tokenizer_model, entry, find_source=None):
+    """The tokenizer.json windows are made with: the export's own, or --tokenizer_model's (a
+    folder holding tokenizer.json, or a name found as --bert_model finds models), whose vocabulary
+    must fit the model's."""
+    own = entry / "tokenizer.json"
+    if not tokenizer_model:
+        return own
+    folder = tokenizer_model
+    if not os.path.isdir(folder):
+        try:
+            if find_source is None:
+                raise ImportError
+            folder = find_source(tokenizer_model)
+        except ImportError:
+            raise BertfeatError(f"{param('--bert_tokenizer_model', tokenizer_model)}: give a local folder with"
+                                " tokenizer.json (finding it by name needs pip install 'bertfeat[export]')") from None
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise BertfeatError(f"{param('--bert_tokenizer_model', tokenizer_model)}: no tokenizer.json in {folder}"
+                            " (save one with transformers: AutoTokenizer.from_pretrained(...).save_pretrained(folder))")
+    from .text.windows import load_tokenizer
+    flag = param('--bert_tokenizer_model', tokenizer_model)
+    try:
+        vocab = load_tokenizer(path).get_vocab()
+    except Exception as e:  # tokenizers raises a bare Exception on a damaged file
+        raise BertfeatError(f"{flag}: {path} is not a readable tokenizer.json ({first_line(e, 120)});"
+                            " save it again with transformers (AutoTokenizer.from_pretrained(...).save_pretrained)"
+                            ) from None
+    model_vocab = load_tokenizer(own).get_vocab()
+    if len(vocab) > len(model_vocab):
+        raise BertfeatError(f"{flag} has {len(vocab)} tokens, more than the model's vocabulary"
+                            f" ({len(model_vocab)}): its ids would not all exist in the model")
+    other = sorted(t for t, i in vocab.items() if model_vocab.get(t) != i)
+    if other:  # an id means a word piece: the model must read each id as the same piece
+        t = other[0]
+        raise BertfeatError(f"{flag}: {len(other)} of its {len(vocab)} word pieces have other ids in the model's"
+                            f" vocabulary (e.g. {t!r} is {vocab[t]} there, {model_vocab.get(t, 'absent')} in the"
+                            " model): use a tokenizer of the model's own vocabulary")
+    return Path(path)
 
 
 def cached_entries(name, root=None):

@@ -9,16 +9,15 @@ import functools
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
-from ..stage import Stage, open_stage
-from ..errors import BertfeatError, first_line, param
-from ..models import INT8_PAYS, ResolvedModel, cosine, file_sha256, layer_count, locate, read_manifest
+from ..errors import BertfeatError, param
+from ..models import file_sha256, resolve_model
 from ..progress import Progress, notice
 from ..scaleout import check_cluster
 from ..settings import DEFAULT_MODEL, BertSettings, RunConfig
+from ..stage import Stage, open_stage
 from ..tables import check_connection_keywords, check_name, connect
 from ..text.sentences import parse_rows
 
@@ -58,7 +57,7 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
         source = _message_source(engine, table, fields)
         stage_path = _stage_path(db, stage_dir, conn)
         with engine.released():
-            settings, model = resolve_model(settings, model_dir)
+            settings, model = resolve_model(settings, model_dir, *_exporter())
         if source == table:
             notice(f"{source}_stoks not found: splitting sentences on the fly (run --add_sent_tokenized to keep them)")
         _check_class(bert_class, model.manifest)
@@ -187,46 +186,6 @@ def _check_class(bert_class, manifest):
                             f" {param('--bert_class', 'auto')}")
 
 
-def _tokenizer_file(tokenizer_model, entry):
-    """The tokenizer.json windows are made with: the export's own, or --tokenizer_model's (a
-    folder holding tokenizer.json, or a name found as --bert_model finds models), whose vocabulary
-    must fit the model's."""
-    own = entry / "tokenizer.json"
-    if not tokenizer_model:
-        return own
-    folder = tokenizer_model
-    if not os.path.isdir(folder):
-        from .. import exporter
-        try:
-            folder = exporter.resolve_source(tokenizer_model)
-        except ImportError:
-            raise BertfeatError(f"{param('--bert_tokenizer_model', tokenizer_model)}: give a local folder with"
-                                " tokenizer.json (finding it by name needs pip install 'bertfeat[export]')") from None
-    path = os.path.join(folder, "tokenizer.json")
-    if not os.path.isfile(path):
-        raise BertfeatError(f"{param('--bert_tokenizer_model', tokenizer_model)}: no tokenizer.json in {folder}"
-                            " (save one with transformers: AutoTokenizer.from_pretrained(...).save_pretrained(folder))")
-    from ..text.windows import load_tokenizer
-    flag = param('--bert_tokenizer_model', tokenizer_model)
-    try:
-        vocab = load_tokenizer(path).get_vocab()
-    except Exception as e:  # tokenizers raises a bare Exception on a damaged file
-        raise BertfeatError(f"{flag}: {path} is not a readable tokenizer.json ({first_line(e, 120)});"
-                            " save it again with transformers (AutoTokenizer.from_pretrained(...).save_pretrained)"
-                            ) from None
-    model_vocab = load_tokenizer(own).get_vocab()
-    if len(vocab) > len(model_vocab):
-        raise BertfeatError(f"{flag} has {len(vocab)} tokens, more than the model's vocabulary"
-                            f" ({len(model_vocab)}): its ids would not all exist in the model")
-    other = sorted(t for t, i in vocab.items() if model_vocab.get(t) != i)
-    if other:  # an id means a word piece: the model must read each id as the same piece
-        t = other[0]
-        raise BertfeatError(f"{flag}: {len(other)} of its {len(vocab)} word pieces have other ids in the model's"
-                            f" vocabulary (e.g. {t!r} is {vocab[t]} there, {model_vocab.get(t, 'absent')} in the"
-                            " model): use a tokenizer of the model's own vocabulary")
-    return Path(path)
-
-
 def _check_own_table(engine, name, protected):
     """An explicit feature table name (--emb_table_name) must not replace the messages, their
     sentences (`<table>_stoks`, made later by --add_sent_tokenized when not there yet), the
@@ -261,45 +220,14 @@ def _message_source(engine, table, fields):
     return source
 
 
-def resolve_model(settings, model_dir=None):
-    """(settings with layers resolved, models.ResolvedModel), once per run: the cache entry
-    (exported when needed and torch is here) and the tokenizer windows are made with; a
-    reduced-precision layer that does not agree with fp32 is a one-line error."""
-    settings, entry, manifest = _entry(settings, model_dir)
-    return settings, ResolvedModel(settings.model, entry, manifest, settings.layers,
-                                   _tokenizer_file(settings.tokenizer, entry))
-
-
-def _entry(settings, model_dir):
-    """(settings with layers resolved, cache entry, its manifest)."""
-    from .. import exporter  # exports when torch is here; runs never need it
-    can_export = exporter.available()
-    n_layers = layer_count(settings.model, model_dir, exporter.resolve_source if can_export else None)
-    settings = settings.for_model(n_layers)
-    entry = locate(settings.model, settings.depth, settings.precision, model_dir, verify=True,
-                   export=exporter.export if can_export else None)
-    manifest = read_manifest(entry)
-    ok = manifest.usable_layers()
-    weak = [k for k in settings.layers if k not in ok]
-    if weak and can_export:  # an entry made by an older recipe: the current one may hold there
-        current = exporter.export(settings.model, settings.precision, settings.depth, model_dir)
-        if current != entry:
-            entry, manifest = current, read_manifest(current)
-            ok = manifest.usable_layers()
-            weak = [k for k in settings.layers if k not in ok]
-    if weak:
-        per_layer = manifest.layer_cosines or []
-        shown = ", ".join(f"layer {k} {cosine(per_layer[k])}" if k < len(per_layer) else f"layer {k}" for k in weak)
-        raise BertfeatError(
-            f"{param('--precision', settings.precision)} of {settings.model} does not agree with fp32 closely"
-            f" enough on this machine ({shown}; window cosine < {manifest.min_cosine}): use"
-            f" {param('--precision', 'fp32')}" + (f", or {param('--bert_layers')} among {' '.join(map(str, ok))}"
-                                                   if ok else ""))
-    speedup = manifest.speedup_vs_fp32
-    if settings.precision == "int8" and speedup is not None and speedup < INT8_PAYS:
-        notice(f"int8 ran at {speedup}x fp32's speed on the CPU that exported it: no faster here;"
-               f" {param('--precision', 'fp32')} gives exact features at about the same speed")
-    return settings, entry, manifest
+def _exporter():
+    """(export, find_source): the exporter's, export only where torch is here (runs never need
+    it); (None, None) where the exporter cannot even be imported."""
+    try:
+        from .. import exporter
+    except ImportError:
+        return None, None
+    return (exporter.export if exporter.available() else None), exporter.resolve_source
 
 
 # chunks read and looked up in the stage together: the identical-text lookup scans the stage's
