@@ -117,15 +117,6 @@ class ResolvedModel:
     def own_tokenizer(self):
         return Path(self.tokenizer) == Path(self.entry) / "tokenizer.json"
 
-    @classmethod
-    def of_entry(cls, entry, layers, tokenizer=None):
-        """From a cache entry folder (what tests, benches and a Ray actor hold)."""
-        manifest = read_manifest(entry)
-        if not manifest:
-            raise BertfeatError(f"{entry} is not an export cache entry (no manifest.json)")
-        return cls(manifest.get("name", str(entry)), Path(entry), manifest, tuple(layers),
-                   Path(tokenizer) if tokenizer else Path(entry) / "tokenizer.json")
-
     def moved(self, entry, tokenizer=None):
         """The same model whose files now lie in `entry` (a Ray node's copy)."""
         return replace(self, entry=Path(entry),

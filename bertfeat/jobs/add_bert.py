@@ -89,11 +89,11 @@ def add_bert(db, table, correl_field="user_id", bert_model=DEFAULT_MODEL, bert_l
                                 bert_word_types, MessageEmbedder.for_run(model, settings, here),
                                 run.chunk_messages, progress)
         stage.drop_groups()
+        windows, tokens = executor.counts() if executor else (0, 0)
         summary = {"table": feat_table, "message_table": msg_table if bert_keep_msg else None,
                    "groups": engine.query(f"SELECT count(DISTINCT group_id) FROM {engine.q(feat_table)}")[0][0],
                    "rows": written, "seconds": round(time.perf_counter() - started, 2),
-                   "windows": executor.counts()[0] if executor else 0,
-                   "tokens": executor.counts()[1] if executor else 0, **counts, **kept,
+                   "windows": windows, "tokens": tokens, **counts, **kept,
                    # MySQL: "load data" (LOAD DATA LOCAL INFILE) or "executemany" (multi-row INSERTs)
                    **({"write_path": engine.write_path} if getattr(engine, "write_path", None) else {})}
         engine.record_run(feat_table, settings.feature_name(),
